@@ -1,0 +1,60 @@
+"""Google Cloud A100 machine shapes and the zones that offer them (FACTS.md, Google Cloud)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+A100_40GB = "nvidia-tesla-a100"
+A100_80GB = "nvidia-a100-80gb"
+
+
+@dataclass(frozen=True)
+class MachineShape:
+    gpus: int
+    accelerator: str
+    vcpus: int
+    memory_gb: int
+
+
+# A2 machine types come with their GPUs attached ("For the A and G series accelerator-optimized
+# machine types, the specified GPU model automatically attaches", cloud.google.com/compute/docs/gpus),
+# so the instance declares no guest accelerators.
+A100_MACHINE_TYPES: dict[str, MachineShape] = {
+    "a2-highgpu-1g": MachineShape(1, A100_40GB, 12, 85),
+    "a2-highgpu-2g": MachineShape(2, A100_40GB, 24, 170),
+    "a2-highgpu-4g": MachineShape(4, A100_40GB, 48, 340),
+    "a2-highgpu-8g": MachineShape(8, A100_40GB, 96, 680),
+    "a2-megagpu-16g": MachineShape(16, A100_40GB, 96, 1360),
+    "a2-ultragpu-1g": MachineShape(1, A100_80GB, 12, 170),
+    "a2-ultragpu-2g": MachineShape(2, A100_80GB, 24, 340),
+    "a2-ultragpu-4g": MachineShape(4, A100_80GB, 48, 680),
+    "a2-ultragpu-8g": MachineShape(8, A100_80GB, 96, 1360),
+}
+
+# Zones seen offering each A100 type (FACTS.md: a third-party catalog built from the GCP API;
+# the official table is cloud.google.com/compute/docs/gpus/gpu-regions-zones).
+A100_ZONES: dict[str, frozenset[str]] = {
+    A100_40GB: frozenset(
+        {
+            "us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f",
+            "us-east1-b", "us-west1-b", "us-west3-b", "us-west4-b",
+            "europe-west4-a", "europe-west4-b", "me-west1-a", "me-west1-c",
+            "asia-northeast1-a", "asia-northeast1-c", "asia-northeast3-a", "asia-northeast3-b",
+            "asia-southeast1-a", "asia-southeast1-b", "asia-southeast1-c",
+        }
+    ),  # fmt: skip
+    A100_80GB: frozenset(
+        {
+            "us-central1-a", "us-central1-c", "us-east4-c", "us-east5-a", "us-east5-b",
+            "europe-west4-a", "asia-southeast1-c",
+        }
+    ),  # fmt: skip
+}
+
+# Google's IAP TCP-forwarding range: SSH from here only means "through `gcloud compute ssh
+# --tunnel-through-iap`", authorised by IAM rather than by network position.
+IAP_SSH_RANGE = "35.235.240.0/20"
+
+
+def region_of(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]

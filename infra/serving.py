@@ -1,0 +1,103 @@
+"""What vLLM serves and how: the one place that names the image, the model and its arguments.
+
+The GCP VM, the RunPod pods and the smoke test all take these values from here (or from
+stack outputs derived from here), so a model or image change is made once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# FACTS.md (vLLM): latest release on PyPI as of 2026-11 is 0.33.0; images are tagged `v<version>`.
+# Never `latest`: a moving tag makes two `pulumi up` runs deploy different software.
+VLLM_IMAGE_REPOSITORY = "vllm/vllm-openai"
+VLLM_VERSION = "0.33.0"
+VLLM_IMAGE = f"{VLLM_IMAGE_REPOSITORY}:v{VLLM_VERSION}"
+
+# FACTS.md (vLLM): images since v0.20.0 are built on CUDA 13.0, which needs host driver 580+.
+MIN_CUDA_VERSION = "13.0"
+MIN_NVIDIA_DRIVER_MAJOR = 580
+
+# The port clients use. vLLM itself listens elsewhere, reachable only by the allowlisting proxy
+# in front of it (vLLM's --api-key guards only /v1, /v2, /inference and /cohere).
+PUBLIC_PORT = 8000
+VLLM_INTERNAL_PORT = 8001
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+
+# Size of the weights as published (safetensors), in GB. Used to size disks; models not listed
+# here are estimated from the parameter count in their name, or set with `modelWeightsGb`.
+KNOWN_MODEL_WEIGHTS_GB: dict[str, float] = {
+    "Qwen/Qwen2.5-7B-Instruct": 15.3,
+    "Qwen/Qwen2.5-3B-Instruct": 6.2,
+    "Qwen/Qwen2.5-1.5B-Instruct": 3.1,
+    "Qwen/Qwen2.5-14B-Instruct": 29.6,
+    "meta-llama/Llama-3.1-8B-Instruct": 16.1,
+    "mistralai/Mistral-7B-Instruct-v0.3": 14.5,
+}
+
+# FACTS.md (vLLM): the vllm-openai image is about 12 GB compressed and about 29 GB unpacked.
+# A pull needs both at once.
+VLLM_IMAGE_PULL_GB = 12 + 29
+# Ubuntu with the NVIDIA driver and Docker, plus room for logs and the proxy image.
+OS_AND_HEADROOM_GB = 30
+# Bytes per parameter for bf16/fp16 safetensors, with a margin for tokenizer and config files.
+_GB_PER_BILLION_PARAMS = 2.1
+_PARAMS_IN_NAME = re.compile(r"(?<![0-9.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
+
+
+def estimate_weights_gb(model: str) -> float | None:
+    """Weights size for `model`: the table above, else from a parameter count like `7B` in the
+    name, else None (the caller asks the user for `modelWeightsGb`)."""
+    if model in KNOWN_MODEL_WEIGHTS_GB:
+        return KNOWN_MODEL_WEIGHTS_GB[model]
+    counts = [float(m) for m in _PARAMS_IN_NAME.findall(model.rsplit("/", 1)[-1])]
+    if not counts:
+        return None
+    return round(max(counts) * _GB_PER_BILLION_PARAMS, 1)
+
+
+def minimum_boot_disk_gb(weights_gb: float) -> int:
+    """Smallest boot disk that holds the OS, a pull of the vLLM image and the model weights
+    (with 20% margin, since downloads are staged before they are moved into the cache)."""
+    return math.ceil(OS_AND_HEADROOM_GB + VLLM_IMAGE_PULL_GB + weights_gb * 1.2)
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """How one vLLM server is run. Nothing secret lives here: the API key and HF token are
+    passed to the container through its environment, never as arguments."""
+
+    model: str
+    served_model_name: str
+    max_model_len: int
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    weights_gb: float
+    image: str = VLLM_IMAGE
+
+    def vllm_args(self, host: str = "127.0.0.1", port: int = VLLM_INTERNAL_PORT) -> list[str]:
+        """Arguments after `vllm serve` (the image's entrypoint). The key is read from the
+        VLLM_API_KEY environment variable, so it is not on any command line."""
+        return [
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.served_model_name,
+            "--max-model-len",
+            str(self.max_model_len),
+            "--gpu-memory-utilization",
+            f"{self.gpu_memory_utilization:g}",
+            "--tensor-parallel-size",
+            str(self.tensor_parallel_size),
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+
+    @property
+    def min_boot_disk_gb(self) -> int:
+        return minimum_boot_disk_gb(self.weights_gb)
