@@ -7,12 +7,15 @@ that `pulumi config set --secret` encrypts them and the SDK tracks them as secre
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import pulumi
+from pulumi.runtime import config as runtime_config
 from pydantic import (
     AliasGenerator,
     BaseModel,
@@ -304,7 +307,7 @@ class _KeyError(ValueError):
 
 
 def _display(key_path: str, value: Any) -> str:
-    if key_path.split(".")[-1] in SECRET_KEYS:
+    if key_path.rsplit(".", maxsplit=1)[-1] in SECRET_KEYS:
         return "<secret>"
     if value is None:
         return "(not set)"
@@ -351,10 +354,6 @@ def _raw_namespace() -> dict[str, Any]:
     pulumi.Config only answers for keys we already know, so unknown-key (typo) detection needs
     the whole set: explicit runtime config (set by the engine or by mocks) plus PULUMI_CONFIG.
     """
-    import json
-
-    from pulumi.runtime import config as runtime_config
-
     merged: dict[str, Any] = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     prefix = f"{PROJECT}:"
     raw: dict[str, Any] = {}
@@ -364,13 +363,11 @@ def _raw_namespace() -> dict[str, Any]:
         key = full_key[len(prefix) :]
         if key.startswith("config:"):  # the engine's `project:config:key` spelling
             key = key[len("config:") :]
+        raw[key] = value
         if isinstance(value, str) and key not in _STRING_KEYS:
             # The engine passes every value as a string: numbers, booleans and objects as JSON.
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        raw[key] = value
+            with contextlib.suppress(json.JSONDecodeError):
+                raw[key] = json.loads(value)
     return raw
 
 

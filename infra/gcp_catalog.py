@@ -17,8 +17,8 @@ class MachineShape:
 
 
 # A2 machine types come with their GPUs attached ("For the A and G series accelerator-optimized
-# machine types, the specified GPU model automatically attaches", cloud.google.com/compute/docs/gpus),
-# so the instance declares no guest accelerators.
+# machine types, the specified GPU model automatically attaches",
+# cloud.google.com/compute/docs/gpus), so the instance declares no guest accelerators.
 A100_MACHINE_TYPES: dict[str, MachineShape] = {
     "a2-highgpu-1g": MachineShape(1, A100_40GB, 12, 85),
     "a2-highgpu-2g": MachineShape(2, A100_40GB, 24, 170),
@@ -33,23 +33,44 @@ A100_MACHINE_TYPES: dict[str, MachineShape] = {
 
 # Zones seen offering each A100 type (FACTS.md: a third-party catalog built from the GCP API;
 # the official table is cloud.google.com/compute/docs/gpus/gpu-regions-zones).
+# fmt: off
 A100_ZONES: dict[str, frozenset[str]] = {
     A100_40GB: frozenset(
         {
-            "us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f",
-            "us-east1-b", "us-west1-b", "us-west3-b", "us-west4-b",
-            "europe-west4-a", "europe-west4-b", "me-west1-a", "me-west1-c",
-            "asia-northeast1-a", "asia-northeast1-c", "asia-northeast3-a", "asia-northeast3-b",
-            "asia-southeast1-a", "asia-southeast1-b", "asia-southeast1-c",
+            "us-central1-a",
+            "us-central1-b",
+            "us-central1-c",
+            "us-central1-f",
+            "us-east1-b",
+            "us-west1-b",
+            "us-west3-b",
+            "us-west4-b",
+            "europe-west4-a",
+            "europe-west4-b",
+            "me-west1-a",
+            "me-west1-c",
+            "asia-northeast1-a",
+            "asia-northeast1-c",
+            "asia-northeast3-a",
+            "asia-northeast3-b",
+            "asia-southeast1-a",
+            "asia-southeast1-b",
+            "asia-southeast1-c",
         }
-    ),  # fmt: skip
+    ),
     A100_80GB: frozenset(
         {
-            "us-central1-a", "us-central1-c", "us-east4-c", "us-east5-a", "us-east5-b",
-            "europe-west4-a", "asia-southeast1-c",
+            "us-central1-a",
+            "us-central1-c",
+            "us-east4-c",
+            "us-east5-a",
+            "us-east5-b",
+            "europe-west4-a",
+            "asia-southeast1-c",
         }
-    ),  # fmt: skip
+    ),
 }
+# fmt: on
 
 # Google's IAP TCP-forwarding range: SSH from here only means "through `gcloud compute ssh
 # --tunnel-through-iap`", authorised by IAM rather than by network position.

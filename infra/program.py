@@ -1,0 +1,38 @@
+"""The Pulumi program: validate the config, declare what it asks for, export the outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from infra import config
+from infra.api_key import stack_api_key
+from infra.gcp_vm import GcpVllmVm
+
+
+def run() -> dict[str, Any]:
+    """Declare the stack's resources and export its outputs; returns them for tests."""
+    cfg = config.load()
+    api_key = stack_api_key(cfg)
+    outputs: dict[str, Any] = {
+        "model": cfg.serving_for(1).served_model_name,
+        "api_key": api_key,
+    }
+
+    if cfg.gcp is not None:
+        vm = GcpVllmVm("gcp", cfg, api_key)
+        outputs |= {
+            "endpoint": vm.endpoint,
+            "ip": vm.ip,
+            "instance_name": vm.instance_name,
+            "smoke_test_command": vm.smoke_test_command,
+            "estimated_cost_per_hour": vm.estimated_cost,
+            "estimated_usd_per_hour": vm.estimated_usd_per_hour,
+        }
+
+    # RunPod pods (issue 5)
+
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+    return outputs

@@ -1,0 +1,285 @@
+"""The program under Pulumi's mocks, with the shipped dev stack and its variants."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from typing import Any
+
+import pytest
+from pulumi.runtime import rpc
+
+from infra import config as stack_config_module
+from infra import serving
+from infra.gcp_catalog import IAP_SSH_RANGE
+from tests.support.pulumi_harness import (
+    MOCK_GENERATED_KEY,
+    MOCK_IP,
+    PROJECT_ROOT,
+    RecordingMocks,
+    is_secret,
+    run_program,
+    stack_config,
+    stack_test,
+    value,
+)
+
+USER_KEY = "user-supplied-key-0123456789-abcdefghijklmnop"
+HF_TOKEN = "hf_secretTOKENvalue0123456789abcdef"
+
+INSTANCE = "gcp:compute/instance:Instance"
+FIREWALL = "gcp:compute/firewall:Firewall"
+SECRET = "gcp:secretmanager/secret:Secret"
+SECRET_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"
+SECRET_ACCESSOR = "gcp:secretmanager/secretIamMember:SecretIamMember"
+
+
+def firewall_rules(mocks: RecordingMocks, port: str) -> list[dict[str, Any]]:
+    return [r.inputs for r in mocks.of_type(FIREWALL) if r.inputs["allows"][0]["ports"] == [port]]
+
+
+def plain(v: Any) -> Any:
+    return rpc.unwrap_rpc_secret(v) if rpc.is_rpc_secret(v) else v
+
+
+def everything_but_secret_versions(mocks: RecordingMocks) -> str:
+    """All inputs of every resource that is not meant to hold a secret, as one string."""
+    return json.dumps(
+        [r.inputs for r in mocks.resources if r.typ != SECRET_VERSION],
+        default=str,
+    )
+
+
+@stack_test
+async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> None:
+    outputs, mocks = await run_program(*stack_config("dev"))
+
+    provider = mocks.one("pulumi:providers:gcp").inputs
+    assert (provider["project"], provider["zone"], provider["region"]) == (
+        "llm-endpoint-dev",
+        "us-central1-a",
+        "us-central1",
+    )
+    assert {r.inputs["service"] for r in mocks.of_type("gcp:projects/service:Service")} == {
+        "compute.googleapis.com",
+        "secretmanager.googleapis.com",
+    }
+
+    account = mocks.one("gcp:serviceaccount/account:Account").inputs
+    sa_member = f"serviceAccount:{account['accountId']}@example-project.iam.gserviceaccount.com"
+    # The VM's account may write logs and read its own secrets, nothing else.
+    project_roles = [r.inputs for r in mocks.of_type("gcp:projects/iAMMember:IAMMember")]
+    assert [(r["role"], r["member"]) for r in project_roles] == [
+        ("roles/logging.logWriter", sa_member)
+    ]
+    secrets = mocks.of_type(SECRET)
+    assert [s.inputs["secretId"] for s in secrets] == ["llm-dev-api-key"]
+    accessors = [r.inputs for r in mocks.of_type(SECRET_ACCESSOR)]
+    assert [(a["secretId"], a["role"], a["member"]) for a in accessors] == [
+        ("llm-dev-api-key", "roles/secretmanager.secretAccessor", sa_member)
+    ]
+    version = mocks.one(SECRET_VERSION).inputs
+    assert rpc.is_rpc_secret(version["secretData"])
+    assert plain(version["secretData"]) == MOCK_GENERATED_KEY
+
+    address = mocks.one("gcp:compute/address:Address").inputs
+    assert (address["region"], address["addressType"]) == ("us-central1", "EXTERNAL")
+
+    vm = mocks.one(INSTANCE).inputs
+    tag = vm["tags"][0]
+    [api_rule] = firewall_rules(mocks, "8000")
+    assert api_rule["sourceRanges"] == ["203.0.113.0/24"]
+    assert api_rule["targetTags"] == [tag]
+    assert api_rule["direction"] == "INGRESS"
+    assert api_rule["allows"] == [{"protocol": "tcp", "ports": ["8000"]}]
+    [ssh_rule] = firewall_rules(mocks, "22")
+    assert ssh_rule["sourceRanges"] == [IAP_SSH_RANGE]
+    assert ssh_rule["targetTags"] == [tag]
+    assert len(mocks.of_type(FIREWALL)) == 2
+
+    assert vm["machineType"] == "a2-highgpu-1g"
+    assert vm["zone"] == "us-central1-a"
+    assert "guestAccelerators" not in vm  # A2 types come with their GPUs
+    assert vm["scheduling"] == {
+        "provisioningModel": "STANDARD",
+        "preemptible": False,
+        "automaticRestart": True,
+        "onHostMaintenance": "TERMINATE",
+    }
+    init = vm["bootDisk"]["initializeParams"]
+    assert init["size"] >= 200
+    assert init["image"] == stack_config_module.DEFAULT_BOOT_IMAGE
+    assert "nvidia-580" in init["image"]
+    assert vm["shieldedInstanceConfig"] == {
+        "enableSecureBoot": True,
+        "enableVtpm": True,
+        "enableIntegrityMonitoring": True,
+    }
+    assert vm["labels"]["app"] == "llm-endpoint"
+    assert vm["labels"]["stack"] == "dev"
+    assert vm["labels"]["team"] == "ml"
+    assert vm["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == MOCK_IP
+    assert vm["serviceAccount"]["email"] == sa_member.removeprefix("serviceAccount:")
+    assert vm["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
+    # Replace-on-change field, deliberately (see infra/gcp_vm.py), and only there.
+    assert "llm-dev-api-key" in vm["metadataStartupScript"]
+    assert serving.VLLM_IMAGE in vm["metadataStartupScript"]
+    assert "startup-script" not in vm["metadata"]
+
+    assert await value(outputs["endpoint"]) == f"http://{MOCK_IP}:8000"
+    assert await value(outputs["ip"]) == MOCK_IP
+    assert await value(outputs["model"]) == "Qwen/Qwen2.5-7B-Instruct"
+    assert await is_secret(outputs["api_key"])
+    assert await value(outputs["api_key"]) == MOCK_GENERATED_KEY
+    command = await value(outputs["smoke_test_command"])
+    assert command.endswith(
+        f"python -m scripts.smoke_test {MOCK_IP} --model Qwen/Qwen2.5-7B-Instruct --wait 1800"
+    )
+    assert "pulumi stack output api_key --show-secrets" in command
+    assert MOCK_GENERATED_KEY not in command
+    assert await value(outputs["estimated_usd_per_hour"]) == 3.673
+    cost = await value(outputs["estimated_cost_per_hour"])
+    assert "estimate" in cost
+    assert "2025-03" in cost
+    assert "on demand" in cost
+
+    assert MOCK_GENERATED_KEY not in everything_but_secret_versions(mocks)
+
+
+@stack_test
+async def test_spot_vm_is_spot_preemptible_without_restart_and_explicit_termination() -> None:
+    outputs, mocks = await run_program(
+        *stack_config("dev", {"gcp": {"spot": True, "spotTerminationAction": "DELETE"}})
+    )
+    assert mocks.one(INSTANCE).inputs["scheduling"] == {
+        "provisioningModel": "SPOT",
+        "preemptible": True,
+        "automaticRestart": False,
+        "onHostMaintenance": "TERMINATE",
+        "instanceTerminationAction": "DELETE",
+    }
+    assert await value(outputs["estimated_usd_per_hour"]) == 1.293
+    assert "spot" in await value(outputs["estimated_cost_per_hour"])
+
+
+@stack_test
+async def test_spot_defaults_to_stop_on_termination() -> None:
+    _, mocks = await run_program(*stack_config("dev", {"gcp": {"spot": True}}))
+    assert mocks.one(INSTANCE).inputs["scheduling"]["instanceTerminationAction"] == "STOP"
+
+
+@stack_test
+async def test_custom_ranges_split_by_ip_family_and_ssh_only_when_configured() -> None:
+    _, mocks = await run_program(
+        *stack_config(
+            "dev",
+            {
+                "gcp": {
+                    "allowedSourceRanges": ["198.51.100.0/24", "192.0.2.7/32", "2001:db8::/48"],
+                    "sshViaIap": False,
+                    "sshSourceRanges": [],
+                }
+            },
+        )
+    )
+    api_rules = firewall_rules(mocks, "8000")
+    assert sorted(tuple(r["sourceRanges"]) for r in api_rules) == [
+        ("198.51.100.0/24", "192.0.2.7/32"),
+        ("2001:db8::/48",),
+    ]
+    assert firewall_rules(mocks, "22") == []
+
+
+@stack_test
+async def test_ssh_from_configured_ranges_plus_iap() -> None:
+    _, mocks = await run_program(
+        *stack_config("dev", {"gcp": {"sshSourceRanges": ["198.51.100.0/28"]}})
+    )
+    [ssh] = firewall_rules(mocks, "22")
+    assert ssh["sourceRanges"] == ["198.51.100.0/28", IAP_SSH_RANGE]
+
+
+@stack_test
+async def test_world_open_needs_the_explicit_opt_in() -> None:
+    _, mocks = await run_program(
+        *stack_config(
+            "dev", {"gcp": {"allowedSourceRanges": ["0.0.0.0/0"], "allowWorldOpen": True}}
+        )
+    )
+    [rule] = firewall_rules(mocks, "8000")
+    assert rule["sourceRanges"] == ["0.0.0.0/0"]
+
+
+@stack_test
+async def test_hf_token_and_user_key_are_secrets_kept_out_of_metadata_and_script() -> None:
+    outputs, mocks = await run_program(
+        *stack_config("dev", secrets={"apiKey": USER_KEY, "hfToken": HF_TOKEN})
+    )
+    assert mocks.of_type("random:index/randomPassword:RandomPassword") == []
+    assert sorted(s.inputs["secretId"] for s in mocks.of_type(SECRET)) == [
+        "llm-dev-api-key",
+        "llm-dev-hf-token",
+    ]
+    versions = [r.inputs["secretData"] for r in mocks.of_type(SECRET_VERSION)]
+    assert all(rpc.is_rpc_secret(v) for v in versions)
+    assert sorted(plain(v) for v in versions) == sorted([USER_KEY, HF_TOKEN])
+    assert len(mocks.of_type(SECRET_ACCESSOR)) == 2
+
+    vm = mocks.one(INSTANCE).inputs
+    assert "llm-dev-hf-token" in vm["metadataStartupScript"]
+    for secret in (USER_KEY, HF_TOKEN):
+        assert secret not in vm["metadataStartupScript"]
+        assert secret not in json.dumps(vm["metadata"])
+        assert secret not in everything_but_secret_versions(mocks)
+        assert secret not in await value(outputs["smoke_test_command"])
+    assert await is_secret(outputs["api_key"])
+    assert await value(outputs["api_key"]) == USER_KEY
+
+
+@stack_test
+async def test_bigger_shape_and_custom_model_flow_into_the_vm() -> None:
+    outputs, mocks = await run_program(
+        *stack_config(
+            "dev",
+            {
+                "model": "Qwen/Qwen2.5-14B-Instruct",
+                "servedModelName": "qwen14",
+                "gcp": {"machineType": "a2-ultragpu-2g", "zone": "us-east4-c", "gpuCount": 2},
+            },
+        )
+    )
+    vm = mocks.one(INSTANCE).inputs
+    assert vm["machineType"] == "a2-ultragpu-2g"
+    assert "guestAccelerators" not in vm
+    script = vm["metadataStartupScript"]
+    assert "Qwen/Qwen2.5-14B-Instruct" in script
+    assert "qwen14" in script
+    assert await value(outputs["model"]) == "qwen14"
+    assert await value(outputs["estimated_usd_per_hour"]) == pytest.approx(2 * 5.069)
+
+
+@stack_test
+async def test_main_module_runs_the_program() -> None:
+    """`pulumi up` runs __main__.py; it must declare the same stack."""
+    import pulumi
+    from pulumi.runtime.stack import wait_for_rpcs
+
+    config, secret_keys = stack_config("dev")
+    pulumi.runtime.set_all_config(config, secret_keys)
+    runpy.run_path(str(PROJECT_ROOT / "__main__.py"), run_name="__main__")
+    await wait_for_rpcs(await_all_outstanding_tasks=False)
+    from tests.support.pulumi_harness import _current_mocks
+
+    assert len(_current_mocks[-1].of_type(INSTANCE)) == 1
+
+
+@stack_test
+async def test_bad_config_fails_before_any_resource_is_declared() -> None:
+    with pytest.raises(stack_config_module.ConfigError) as err:
+        await run_program(*stack_config("dev", {"gcp": {"machineType": "n1-standard-8"}}))
+    assert "llm-endpoint:gcp.machineType = 'n1-standard-8': not an A100 machine type" in str(
+        err.value
+    )
+    from tests.support.pulumi_harness import _current_mocks
+
+    assert _current_mocks[-1].resources == []
