@@ -37,6 +37,8 @@ DEFAULT_BOOT_IMAGE = (
     "projects/ubuntu-os-accelerator-images/global/images/family/"
     "ubuntu-accelerator-2404-amd64-with-nvidia-580"
 )
+# FACTS.md (vLLM): meta-llama/* models are gated (need HF_TOKEN and an accepted licence).
+GATED_MODEL_PREFIXES = ("meta-llama/",)
 _DRIVER_IN_IMAGE = re.compile(r"nvidia-(\d{3})")
 _GCP_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 # RFC 6750 b64token characters: what can travel in `Authorization: Bearer <key>` unquoted.
@@ -263,6 +265,14 @@ class StackConfig(_Model):
                 "the stack deploys nothing. Add an `llm-endpoint:gcp` object, an "
                 "`llm-endpoint:runpod` object, or both (see README, Configuration)",
             )
+        if self.model.startswith(GATED_MODEL_PREFIXES) and self.hf_token is None:
+            raise _KeyError(
+                "hfToken",
+                None,
+                f"{self.model} is gated on Hugging Face: without a token the download fails "
+                "after the GPU is already billing. Accept the model's licence on huggingface.co, "
+                "then `pulumi config set --secret llm-endpoint:hfToken hf_...`",
+            )
         if self.weights_gb is None:
             raise _KeyError(
                 "modelWeightsGb",
@@ -361,8 +371,6 @@ def _raw_namespace() -> dict[str, Any]:
         if not full_key.startswith(prefix):
             continue
         key = full_key[len(prefix) :]
-        if key.startswith("config:"):  # the engine's `project:config:key` spelling
-            key = key[len("config:") :]
         raw[key] = value
         if isinstance(value, str) and key not in _STRING_KEYS:
             # The engine passes every value as a string: numbers, booleans and objects as JSON.

@@ -184,6 +184,12 @@ ERROR_CASES = [
         id="memory-fraction-too-high",
     ),
     pytest.param(
+        {**gcp(), "model": "meta-llama/Llama-3.1-8B-Instruct"},
+        "llm-endpoint:hfToken = (not set)",
+        ["is gated", "pulumi config set --secret llm-endpoint:hfToken"],
+        id="gated-model-without-token",
+    ),
+    pytest.param(
         {"model": "Qwen/Qwen2.5-7B-Instruct"},
         "llm-endpoint:gcp = (not set)",
         ["deploys nothing", "llm-endpoint:runpod"],
@@ -250,6 +256,11 @@ def test_defaults() -> None:
     assert spec.image.startswith("vllm/vllm-openai:v")
     assert not spec.image.endswith(":latest")
     assert config.parse(gcp(spot=True)).gcp.termination_action == "STOP"  # type: ignore[union-attr]
+
+
+def test_gated_model_with_token_is_accepted() -> None:
+    cfg = config.parse({**gcp(), "model": "meta-llama/Llama-3.1-8B-Instruct", "hfToken": "hf_x"})
+    assert cfg.weights_gb == 16.1
 
 
 def test_runpod_only_stack_needs_no_gcp() -> None:
