@@ -317,10 +317,10 @@ class _KeyError(ValueError):
 
 
 def _display(key_path: str, value: Any) -> str:
-    if key_path.rsplit(".", maxsplit=1)[-1] in SECRET_KEYS:
-        return "<secret>"
     if value is None:
         return "(not set)"
+    if key_path.rsplit(".", maxsplit=1)[-1] in SECRET_KEYS:
+        return "<secret>"
     return repr(value) if isinstance(value, str) else str(value)
 
 
