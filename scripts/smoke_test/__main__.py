@@ -1,0 +1,3 @@
+from scripts.smoke_test.cli import main
+
+raise SystemExit(main())

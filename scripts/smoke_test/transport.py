@@ -1,0 +1,161 @@
+"""HTTP plumbing for the smoke test: one requests session, and what a failed request means.
+
+A request that gets no HTTP answer at all fails for one of a few reasons, and each has a
+different fix; `classify` names the reason and `Failure.hint` says what to do.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from scripts.smoke_test.target import Target
+
+USER_AGENT = "llm-endpoint-smoke-test/1"
+Resolver = Callable[[str, int], Any]
+
+
+class FailureClass(StrEnum):
+    DNS = "dns"
+    REFUSED = "connection-refused"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    CONNECTION = "connection-error"
+
+
+@dataclass(frozen=True)
+class Failure:
+    failure_class: FailureClass
+    summary: str
+    hint: str
+
+    @property
+    def retryable(self) -> bool:
+        """Worth retrying under --wait: a booting VM refuses, drops or resets connections; a
+        name that does not resolve or a certificate that is not trusted will not fix itself."""
+        return self.failure_class in (
+            FailureClass.REFUSED,
+            FailureClass.TIMEOUT,
+            FailureClass.CONNECTION,
+        )
+
+
+def make_session(verify: bool | str) -> requests.Session:
+    """A session that retries a failed connection once (a dropped SYN, a reset during a proxy
+    restart), but never re-sends a request that reached the server: reads and statuses are the
+    findings the checks report. `--wait` does the long, patient retrying."""
+    session = requests.Session()
+    # Talk to the endpoint directly: an HTTP(S)_PROXY would change the source address that
+    # the firewall judges, and ~/.netrc must not add credentials to the "without a key" probes.
+    session.trust_env = False
+    session.verify = verify
+    session.headers["User-Agent"] = USER_AGENT
+    retry = Retry(total=1, connect=1, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and everything it wraps (requests wraps urllib3's MaxRetryError, which wraps the
+    socket error in `.reason` or as the cause)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked.extend(a for a in current.args if isinstance(a, BaseException))
+        stack.extend(e for e in linked if isinstance(e, BaseException))
+
+
+def classify(exc: BaseException, target: Target, timeout: float) -> Failure:
+    """What a request failure means for `target`, with the fix."""
+    causes = list(_causes(exc))
+    where = target.netloc
+
+    def has(*types: type[BaseException]) -> bool:
+        return any(isinstance(c, types) for c in causes)
+
+    if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
+        return dns_failure(target)
+    if isinstance(exc, requests.exceptions.SSLError) or has(
+        ssl.SSLError, urllib3.exceptions.SSLError
+    ):
+        return Failure(
+            FailureClass.TLS,
+            f"TLS failed with {where}: {_reason(causes, ssl.SSLError)}",
+            "The certificate is not trusted or does not match the name. For a self-signed "
+            "certificate or a private CA, pass --ca-file CA.pem. The GCP VM's proxy speaks plain "
+            "HTTP on port 8000: use http://, not https://.",
+        )
+    if has(ConnectionRefusedError):
+        return Failure(
+            FailureClass.REFUSED,
+            f"connection refused by {where}",
+            f"The machine answers but nothing listens on port {target.port}. The VM may still "
+            "be booting (the proxy starts after the driver and Docker are ready: use --wait), "
+            "the port may be wrong (the GCP proxy listens on 8000), or the IP belongs to "
+            "another machine (an ephemeral IP changes when a VM stops).",
+        )
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError; refusals are handled above.
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or any(
+        isinstance(c, urllib3.exceptions.ConnectTimeoutError)
+        and not isinstance(c, urllib3.exceptions.NewConnectionError)
+        for c in causes
+    ):
+        return Failure(
+            FailureClass.TIMEOUT,
+            f"no connection to {where} within {timeout:g}s (packets dropped)",
+            "The firewall admits only the stack's allowedSourceRanges: check that your public "
+            "IP is inside them. Otherwise the VM is stopped or still booting, or the IP is not "
+            "this deployment's (pulumi stack output ip).",
+        )
+    if isinstance(exc, requests.exceptions.Timeout) or has(TimeoutError, socket.timeout):
+        return Failure(
+            FailureClass.TIMEOUT,
+            f"connected to {where}, but no answer within {timeout:g}s",
+            "The server accepted the connection but did not answer in time: it is overloaded, "
+            "or the proxy is waiting on a vLLM that is still loading. Retry with a larger "
+            "--timeout, or with --wait.",
+        )
+    return Failure(
+        FailureClass.CONNECTION,
+        f"the connection to {where} failed: {_reason(causes, OSError)}",
+        "The connection was closed or reset before an HTTP answer. Check that this port "
+        "serves HTTP (not HTTPS), and that nothing in between drops the connection.",
+    )
+
+
+def dns_failure(target: Target) -> Failure:
+    return Failure(
+        FailureClass.DNS,
+        f"the name {target.host} does not resolve",
+        "Check the spelling, or use the VM's address: `pulumi stack output ip`, or run with "
+        "--stack NAME to read it from the stack.",
+    )
+
+
+def _reason(causes: list[BaseException], kind: type[BaseException]) -> str:
+    """A short reason for a message: the innermost exception of `kind`, one line."""
+    chosen = next((c for c in reversed(causes) if isinstance(c, kind)), causes[-1])
+    text = str(chosen).splitlines()[0] if str(chosen) else type(chosen).__name__
+    return text[:200]
+
+
+def resolve(host: str, port: int) -> Any:
+    """The real resolver (tests inject their own, so no DNS query leaves the machine)."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
