@@ -1,6 +1,9 @@
 """Renders what runs on the VM (the startup script) from the templates in `startup/`.
 
 Rendering takes only non-secret values: secret *names* in Secret Manager, never their values.
+The script embeds the proxy's nginx config (infra/proxy_config.py), the shell writer of the
+proxy's key file and, when `idle_stop_minutes` is set, the idle-stop check (startup/
+idle_check.sh.j2), so one metadata value carries everything the VM needs.
 """
 
 from __future__ import annotations
@@ -11,9 +14,17 @@ from pathlib import Path
 
 import jinja2
 
-from infra.serving import PUBLIC_PORT, ServingSpec
+from infra import proxy_config
+from infra.serving import MIN_NVIDIA_DRIVER_MAJOR, PUBLIC_PORT, VLLM_INTERNAL_PORT, ServingSpec
 
 STARTUP_DIR = Path(__file__).resolve().parent.parent / "startup"
+
+# Docker's apt signing key (docs.docker.com/engine/install: "9DC8 5822 9FC7 DD38 854A E2D8 8D81
+# 803C 0EBF CD88"). The script refuses a downloaded key with another fingerprint.
+DOCKER_APT_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+
+# GCE's limit for an inline startup-script value (FACTS.md, Google Cloud).
+MAX_STARTUP_SCRIPT_BYTES = 256 * 1024
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(STARTUP_DIR),
@@ -22,6 +33,8 @@ _env = jinja2.Environment(
     autoescape=False,  # shell and nginx text, not HTML: values are quoted with `q` instead
 )
 _env.filters["q"] = lambda v: shlex.quote(str(v))
+
+_HEREDOC_ENDS = ("LLM_ENDPOINT_NGINX_CONF", "LLM_ENDPOINT_IDLE_CHECK")
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,53 @@ class StartupParams:
     ready_timeout_minutes: int = 45
     idle_stop_minutes: int = 0
     public_port: int = PUBLIC_PORT
+    vllm_port: int = VLLM_INTERNAL_PORT
+    proxy_image: str = proxy_config.PROXY_IMAGE
+
+
+def render_idle_check(params: StartupParams) -> str:
+    """The idle-stop check the script installs (also rendered alone for tests)."""
+    return _env.get_template("idle_check.sh.j2").render(
+        idle_stop_minutes=params.idle_stop_minutes, vllm_port=params.vllm_port
+    )
 
 
 def render_startup_script(params: StartupParams) -> str:
-    return _env.get_template("startup.sh.j2").render(p=params, spec=params.spec)
+    """The whole startup script for the VM, ready for instance metadata (no secret in it)."""
+    if params.ready_timeout_minutes <= 0 or params.idle_stop_minutes < 0:
+        raise ValueError("ready_timeout_minutes must be > 0 and idle_stop_minutes >= 0")
+    vllm_args = params.spec.vllm_args(host="127.0.0.1", port=params.vllm_port)
+    nginx_conf = proxy_config.render_proxy_config(
+        listen_port=params.public_port,
+        upstream=f"127.0.0.1:{params.vllm_port}",
+        auth_include=proxy_config.AUTH_INCLUDE_PATH,
+        temp_dir="/tmp",  # noqa: S108 (a private tmpfs in the proxy container)
+        access_log="/dev/stdout",
+        error_log="stderr",
+    )
+    idle_check = render_idle_check(params) if params.idle_stop_minutes else ""
+    for text in (nginx_conf, idle_check):
+        if any(end in text for end in _HEREDOC_ENDS):
+            raise ValueError("an embedded file contains a heredoc terminator")
+        if text and not text.endswith("\n"):
+            raise ValueError("an embedded file must end with a newline")
+    script = _env.get_template("startup.sh.j2").render(
+        p=params,
+        spec=params.spec,
+        vllm_args=vllm_args,
+        public_port=params.public_port,
+        vllm_port=params.vllm_port,
+        proxy_image=params.proxy_image,
+        min_driver_major=MIN_NVIDIA_DRIVER_MAJOR,
+        docker_key_fingerprint=DOCKER_APT_KEY_FINGERPRINT,
+        auth_include_sh=proxy_config.AUTH_INCLUDE_SH,
+        auth_include_path=proxy_config.AUTH_INCLUDE_PATH,
+        nginx_conf=nginx_conf,
+        idle_check=idle_check,
+    )
+    if len(script.encode()) > MAX_STARTUP_SCRIPT_BYTES:
+        raise ValueError(
+            f"the startup script is {len(script.encode())} bytes; GCE accepts at most "
+            f"{MAX_STARTUP_SCRIPT_BYTES}"
+        )
+    return script

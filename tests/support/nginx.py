@@ -1,0 +1,210 @@
+"""Run the real Debian nginx with the project's proxy config, on loopback, for tests.
+
+    from tests.support.nginx import run_proxy
+    from tests.support.vllm_standin import StandinConfig, run_standin
+
+    with run_standin(StandinConfig.deployed()) as vllm, run_proxy(
+        upstream=f"127.0.0.1:{vllm.port}", api_key="k" * 32
+    ) as proxy:
+        proxy.url            # "http://127.0.0.1:<free port>"
+        proxy.access_log()   # text of the access log so far
+        proxy.error_log()
+
+`run_proxy` renders `infra.proxy_config.render_proxy_config` for a prefix directory of its own
+(listen 127.0.0.1:<free port>, temp files, logs and the auth include under the prefix), writes
+the auth include from the key with `render_auth_include` (or takes `auth_include_text`), starts
+`/usr/sbin/nginx -p <prefix> -c <conf> -e stderr -g 'daemon off; pid <prefix>/nginx.pid;'`,
+waits until it accepts connections and stops it at the end of the block. `run_nginx` is the
+same for any config text that listens on `port` (use `free_port()`). `run_as_uid=65534` (when
+the tests run as root) starts nginx as that unprivileged user instead, owning its prefix.
+
+CI installs nginx-light from Debian; when nginx is missing the helper fails the test with the
+command to install it (a skipped proxy test would prove nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.proxy_config import render_auth_include, render_proxy_config
+
+NGINX = os.environ.get("LLM_TEST_NGINX", "/usr/sbin/nginx")
+START_TIMEOUT_S = 10.0
+
+
+def nginx_binary() -> str:
+    if not os.access(NGINX, os.X_OK):
+        raise RuntimeError(
+            f"{NGINX} not found: install Debian's nginx (apt-get install nginx-light) or run "
+            "`bash .ci/run`, which does"
+        )
+    return NGINX
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningNginx:
+    port: int
+    prefix: Path
+    conf_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _read(self, name: str) -> str:
+        path = self.prefix / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def access_log(self) -> str:
+        return self._read("access.log")
+
+    def error_log(self) -> str:
+        return self._read("error.log") + self._read("stderr.log")
+
+
+def check_config(conf_text: str) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on `conf_text` in a throwaway prefix (include paths must exist)."""
+    prefix = Path(tempfile.mkdtemp(prefix="llm-nginx-t-"))
+    try:
+        conf = prefix / "nginx.conf"
+        conf.write_text(conf_text)
+        return subprocess.run(
+            [
+                nginx_binary(),
+                "-t",
+                "-p",
+                str(prefix),
+                "-c",
+                str(conf),
+                "-e",
+                "stderr",
+                "-g",
+                f"pid {prefix}/nginx.pid;",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+@contextmanager
+def run_nginx(
+    write_files: Callable[[Path], str], port: int, *, run_as_uid: int | None = None
+) -> Iterator[RunningNginx]:
+    """Start nginx with the config `write_files(prefix)` returns (it may write other files
+    under the prefix first); the config must listen on 127.0.0.1:`port`. `run_as_uid` (when
+    the tests run as root) starts nginx as that unprivileged user, owning the prefix."""
+    binary = nginx_binary()
+    prefix = Path(tempfile.mkdtemp(prefix="llm-nginx-"))
+    # As root, nginx's workers run as an unprivileged user: they must reach the temp paths.
+    prefix.chmod(0o755)
+    conf = prefix / "nginx.conf"
+    conf.write_text(write_files(prefix))
+    stderr = (prefix / "stderr.log").open("wb")
+    as_user: list[str] = []
+    if run_as_uid is not None:
+        for path in (prefix, *prefix.rglob("*")):
+            os.chown(path, run_as_uid, run_as_uid)
+        as_user = ["setpriv", f"--reuid={run_as_uid}", f"--regid={run_as_uid}", "--clear-groups"]
+    process = subprocess.Popen(
+        [
+            *as_user,
+            binary,
+            "-p",
+            str(prefix),
+            "-c",
+            str(conf),
+            "-e",
+            "stderr",
+            "-g",
+            f"daemon off; pid {prefix}/nginx.pid;",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=stderr,
+        stderr=stderr,
+    )
+    running = RunningNginx(port=port, prefix=prefix, conf_path=conf, process=process)
+    try:
+        _wait_listening(running)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # nginx: fast shutdown
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        stderr.close()
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def _wait_listening(running: RunningNginx) -> None:
+    # Polls a local socket until nginx accepts; no deadline under test depends on this wait.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise RuntimeError(f"nginx exited at start:\n{running.error_log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", running.port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nginx did not listen within {START_TIMEOUT_S}s:\n{running.error_log()}")
+
+
+@contextmanager
+def run_proxy(
+    *,
+    upstream: str,
+    api_key: str | None = None,
+    auth_include_text: str | None = None,
+    run_as_uid: int | None = None,
+    **render_overrides: Any,
+) -> Iterator[RunningNginx]:
+    """The project's proxy config in front of `upstream` (host:port), keyed with `api_key`
+    (or with a ready-made auth include). Extra keyword arguments go to render_proxy_config."""
+    if (api_key is None) == (auth_include_text is None):
+        raise ValueError("give exactly one of api_key and auth_include_text")
+    port = free_port()
+
+    def write_files(prefix: Path) -> str:
+        auth = prefix / "proxy-auth.conf"
+        auth.write_text(auth_include_text or render_auth_include(api_key or ""))
+        auth.chmod(0o600)
+        (prefix / "tmp").mkdir(mode=0o755)
+        options: dict[str, Any] = {
+            "listen_port": port,
+            "listen_address": "127.0.0.1",
+            "upstream": upstream,
+            "auth_include": str(auth),
+            "temp_dir": str(prefix / "tmp"),
+            "access_log": str(prefix / "access.log"),
+            "error_log": str(prefix / "error.log"),
+            **render_overrides,
+        }
+        return render_proxy_config(**options)
+
+    with run_nginx(write_files, port, run_as_uid=run_as_uid) as running:
+        yield running
