@@ -207,7 +207,12 @@ class GcpConfig(_Model):
 
 
 class RunpodConfig(_Model):
-    """`llm-endpoint:runpod`: RunPod GPU pods serving the same endpoint."""
+    """`llm-endpoint:runpod`: RunPod GPU pods serving the same endpoint (infra/runpod_pods.py).
+
+    `image` is the pod image built from the pinned vLLM image by infra/runpod/image/Dockerfile
+    (RunPod's REST API v2 cannot replace an image's entrypoint, so the proxy must be in the
+    image). It may stay unset here; declaring pods without it fails with a message saying how
+    to build it. `volumeGb` > 0 adds a volume for the Hugging Face cache."""
 
     pod_count: int = Field(default=1, ge=1, le=16)
     gpu_type_ids: list[str] = Field(
@@ -219,6 +224,47 @@ class RunpodConfig(_Model):
     container_disk_gb: int = Field(default=50, ge=10, le=2000)
     volume_gb: int = Field(default=0, ge=0, le=4000)
     ready_timeout_minutes: int = Field(default=20, ge=1, le=240)
+    image: str | None = None
+
+    @field_validator("gpu_type_ids", "data_center_ids")
+    @classmethod
+    def _distinct_ids(cls, v: list[str]) -> list[str]:
+        if any(not item.strip() for item in v) or len(set(v)) != len(v):
+            raise ValueError(
+                "list each id once, none empty, in order of preference (ids as RunPod spells "
+                "them, e.g. 'NVIDIA A100 80GB PCIe' or 'US-KS-2')"
+            )
+        return v
+
+    @field_validator("volume_gb")
+    @classmethod
+    def _volume_floor(cls, v: int) -> int:
+        if 0 < v < 10:
+            raise ValueError("RunPod volumes are at least 10 GB. Set 0 (no volume) or 10 or more")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _pod_image(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        repository, _, tag = v.rpartition(":")
+        if repository.rsplit("/", 1)[-1] == "" or "/" in tag:
+            raise ValueError("not an image reference like REGISTRY/llm-endpoint-vllm:TAG")
+        if repository == serving.VLLM_IMAGE_REPOSITORY:
+            raise ValueError(
+                f"the stock vLLM image has no proxy in front of vLLM. Build the pod image with "
+                f"`docker build -t REGISTRY/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1 "
+                "infra/runpod/image`, push it and set its name here"
+            )
+        if f"v{serving.VLLM_VERSION}" not in tag:
+            raise ValueError(
+                f"the tag must contain v{serving.VLLM_VERSION}, the vLLM version it was built "
+                "from (infra/serving.py), so a vLLM upgrade cannot silently keep an old image. "
+                "Rebuild it from infra/runpod/image/Dockerfile and tag it "
+                f"...:v{serving.VLLM_VERSION}-<n>"
+            )
+        return v
 
 
 class StackConfig(_Model):

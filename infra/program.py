@@ -9,6 +9,7 @@ import pulumi
 from infra import config
 from infra.api_key import stack_api_key
 from infra.gcp_vm import GcpVllmVm
+from infra.runpod_pods import RunpodPods
 
 
 def run() -> dict[str, Any]:
@@ -32,6 +33,13 @@ def run() -> dict[str, Any]:
         }
 
     # RunPod pods (issue 5)
+    if cfg.runpod is not None:
+        pods = RunpodPods("runpod", cfg, api_key)
+        outputs |= {
+            "runpod_endpoints": pods.endpoints,
+            "runpod_pod_ids": pods.pod_ids,
+            "runpod_cost_per_hour": pods.cost_per_hour,
+        }
 
     for key, value in outputs.items():
         pulumi.export(key, value)

@@ -1,0 +1,96 @@
+"""How the allowlisting proxy gets into a RunPod pod.
+
+RunPod's REST API v2 create call (`POST /v2/pods`, FACTS.md (RunPod)) takes `image`, `args` (a
+string passed to the image's ENTRYPOINT) and `env`; it has no field to replace the entrypoint,
+and the vLLM image's entrypoint is `vllm serve` (FACTS.md (vLLM)). So pods run a thin image built
+from the pinned vLLM image (`infra/runpod/image/Dockerfile`: Ubuntu's nginx plus a fixed
+entrypoint stub). Everything that can change travels in the pod's environment:
+
+- `LLM_ENDPOINT_BOOTSTRAP_B64`: this module's bootstrap script (base64). The stub writes it to a
+  root-only file and runs it with the pod's `args` (vLLM's arguments from infra/serving.py).
+- `LLM_ENDPOINT_PROXY_CONF_B64`: `render_proxy_config(...)` from infra/proxy_config.py, the same
+  nginx config as on the GCP VM (no secret in it).
+- `VLLM_API_KEY` (secret): vLLM reads it (FACTS.md (vLLM)), and the bootstrap turns it into the
+  proxy's root-only auth include with infra/proxy_config.py's `AUTH_INCLUDE_SH`, never putting
+  it on a command line.
+- `HF_TOKEN` (secret, optional): for gated models.
+
+The bootstrap refuses to start without a key or proxy config, checks the nginx config, starts
+vLLM on 127.0.0.1:8001 and nginx on 0.0.0.0:8000, and stops the pod if either exits.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import jinja2
+
+from infra import proxy_config
+from infra.serving import PUBLIC_PORT, VLLM_INTERNAL_PORT
+
+CONF_DIR = "/etc/llm-endpoint"
+STATE_DIR = "/run/llm-endpoint"
+VLLM_HOST = "127.0.0.1"
+IMAGE_DIR = Path(__file__).resolve().parent / "image"
+
+ENV_BOOTSTRAP = "LLM_ENDPOINT_BOOTSTRAP_B64"
+ENV_PROXY_CONF = "LLM_ENDPOINT_PROXY_CONF_B64"
+ENV_API_KEY = "VLLM_API_KEY"
+ENV_HF_TOKEN = "HF_TOKEN"  # noqa: S105 (a variable name, not a value)
+SECRET_ENV = (ENV_API_KEY, ENV_HF_TOKEN)
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # a shell script; every value is a constant of this project
+)
+
+
+def render_bootstrap() -> str:
+    return _env.get_template("pod_bootstrap.sh.j2").render(
+        conf_dir=CONF_DIR,
+        state_dir=STATE_DIR,
+        vllm_host=VLLM_HOST,
+        vllm_port=VLLM_INTERNAL_PORT,
+        public_port=PUBLIC_PORT,
+        auth_include_sh=proxy_config.AUTH_INCLUDE_SH,
+    )
+
+
+def pod_proxy_config(
+    *,
+    conf_dir: str = CONF_DIR,
+    state_dir: str = STATE_DIR,
+    listen_port: int = PUBLIC_PORT,
+    listen_address: str | None = None,
+    upstream_port: int = VLLM_INTERNAL_PORT,
+) -> str:
+    """The VM's proxy config with the pod's paths (tests pass their own dirs and ports)."""
+    return proxy_config.render_proxy_config(
+        listen_port=listen_port,
+        listen_address=listen_address,
+        upstream=f"{VLLM_HOST}:{upstream_port}",
+        auth_include=f"{conf_dir}/proxy-auth.conf",
+        temp_dir=f"{state_dir}/nginx-temp",
+        access_log="/dev/stdout",
+        error_log="stderr",
+    )
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def pod_env(api_key: str, hf_token: str | None) -> dict[str, str]:
+    """The pod's environment. Holds secrets: never log it; RunPod shows it to whoever holds the
+    account's API key (GET /v2/pods returns `env`)."""
+    env = {
+        ENV_BOOTSTRAP: b64(render_bootstrap()),
+        ENV_PROXY_CONF: b64(pod_proxy_config()),
+        ENV_API_KEY: api_key,
+    }
+    if hf_token:
+        env[ENV_HF_TOKEN] = hf_token
+    return env

@@ -1,0 +1,326 @@
+"""The Pulumi dynamic provider for one RunPod pod serving the vLLM endpoint.
+
+Constraints it is written for (FACTS.md (Pulumi)): the engine's host process (`python -m
+pulumi.dynamic`) unpickles this provider by reference (so this module imports without side
+effects) and calls it from 4 threads sharing one instance. So the instance holds no client,
+session, lock or logger: every call builds its own `RunpodClient`. `configure(req)` receives the
+stack config with secrets unwrapped (pulumi >= 3.139); the RunPod API key is read there
+(`llm-endpoint:runpodApiKey`), else from RUNPOD_API_KEY. `custom_timeouts` is ignored by dynamic
+providers, so every deadline here is the provider's own, measured with the injectable clock.
+
+Inputs (camelCase, as the component passes them): name, image, vllmArgs, minCudaVersion,
+gpuTypeIds, gpuCount, dataCenterIds, cloud, containerDiskGb, volumeGb, weightsGb,
+readyTimeoutMinutes, apiKey (secret), hfToken (secret). `check` adds bootstrapDigest (a hash of
+the bootstrap script and proxy config this code would put in the pod) so that a change to them
+shows up as an in-place update. Outputs: the inputs plus podId, podName, endpoint, gpuTypeId,
+dataCenterId, costPerHour, status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import secrets
+import shlex
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+from pulumi.runtime import rpc
+
+from infra.runpod import bootstrap
+from infra.runpod.client import API_KEY_ENV, RunpodClient
+from infra.runpod.errors import MissingApiKeyError, RunpodError
+from infra.runpod.lifecycle import HealthCheck, PodLifecycle, PodSpec, ReadyPod, http_health
+from infra.serving import PUBLIC_PORT
+
+PROVIDER_KEY = "__provider"
+CONFIG_API_KEY = "llm-endpoint:runpodApiKey"  # namespaced: the host may not know the project
+SECRET_INPUTS = ("apiKey", "hfToken")
+# Changing these needs a different machine: the pod is replaced (a new one is created and made
+# ready first, then the old one is deleted). gpuTypeIds/dataCenterIds only when the placed pod no
+# longer fits the new list.
+REPLACE_KEYS = ("name", "gpuCount", "cloud", "minCudaVersion", "volumeGb")
+# Changing these is a PATCH of the container (RunPod restarts it on the same machine, which keeps
+# the GPU: a replacement would have to find capacity again).
+IN_PLACE_KEYS = ("image", "vllmArgs", "apiKey", "hfToken", "containerDiskGb", "bootstrapDigest")
+# State only: no call to RunPod.
+STATE_ONLY_KEYS = ("readyTimeoutMinutes", "weightsGb", "gpuTypeIds", "dataCenterIds")
+INPUT_KEYS = (*REPLACE_KEYS, *IN_PLACE_KEYS, *STATE_ONLY_KEYS)
+# Room beside the weights on the container disk: logs, nginx, Python caches.
+DISK_HEADROOM_GB = 10
+_UNKNOWN = rpc.UNKNOWN  # what an unknown value looks like to a provider during preview
+_CUDA = re.compile(r"^\d+\.\d+$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,50}$")
+
+
+def _plain(value: Any) -> Any:
+    """The value of an RPC-wrapped secret (the host passes them wrapped in some paths)."""
+    return rpc.unwrap_rpc_secret(value)
+
+
+def _inputs(props: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _plain(props[k]) for k in INPUT_KEYS if k in props}
+
+
+@contextmanager
+def _redacted(props: Mapping[str, Any], *extra: str | None) -> Iterator[None]:
+    """Defence in depth: should an API answer ever echo a secret into an error message, it is
+    blanked before the engine shows or logs the error."""
+    values = [v for v in (*(_plain(props.get(k)) for k in SECRET_INPUTS), *extra) if v]
+    try:
+        yield
+    except RunpodError as err:
+        message = str(err)
+        for value in values:
+            if isinstance(value, str):
+                message = message.replace(value, "<secret>")
+        if message == str(err):
+            raise
+        raise RunpodError(message) from None
+
+
+def bootstrap_digest() -> str:
+    text = bootstrap.render_bootstrap() + bootstrap.pod_proxy_config()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def min_container_disk_gb(weights_gb: float, volume_gb: int) -> int:
+    """Without a volume the weights download to the container disk (with 20% margin for staged
+    downloads); with one, they go to the volume."""
+    return DISK_HEADROOM_GB + (0 if volume_gb else math.ceil(weights_gb * 1.2))
+
+
+def validate(news: Mapping[str, Any]) -> list[CheckFailure]:
+    """One failure per bad field, each saying how to fix it. Unknown values (preview) pass."""
+    p = {k: v for k, v in _inputs(news).items() if v != _UNKNOWN}
+    failures: list[CheckFailure] = []
+
+    def bad(key: str, reason: str) -> None:
+        failures.append(CheckFailure(key, reason))
+
+    name = p.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        bad("name", "must be 1-51 lowercase letters, digits and hyphens (the pod name prefix)")
+    gpus = p.get("gpuTypeIds")
+    if not isinstance(gpus, list) or not gpus or not all(isinstance(g, str) and g for g in gpus):
+        bad("gpuTypeIds", "must list at least one RunPod GPU type id, e.g. 'NVIDIA A100 80GB PCIe'")
+    count = p.get("gpuCount")
+    if not isinstance(count, int | float) or int(count) != count or not 1 <= count <= 8:
+        bad("gpuCount", "must be a whole number from 1 to 8")
+    dcs = p.get("dataCenterIds", [])
+    if not isinstance(dcs, list) or not all(isinstance(d, str) and d for d in dcs):
+        bad("dataCenterIds", "must be a list of RunPod data center ids such as 'US-KS-2'")
+    if p.get("cloud") not in ("SECURE", "COMMUNITY"):
+        bad("cloud", "must be SECURE or COMMUNITY")
+    image = p.get("image")
+    if not isinstance(image, str) or not image.strip() or image.endswith(":latest"):
+        bad("image", "must name the pinned llm-endpoint pod image (infra/runpod/image)")
+    args = p.get("vllmArgs")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        bad("vllmArgs", "must be the list of vLLM arguments from infra/serving.py")
+    if not isinstance(p.get("minCudaVersion"), str) or not _CUDA.match(p["minCudaVersion"]):
+        bad("minCudaVersion", "must be major.minor, e.g. 13.0")
+    volume = p.get("volumeGb", 0)
+    if not isinstance(volume, int | float) or not (volume == 0 or 10 <= volume <= 4000):
+        bad("volumeGb", "must be 0 (no volume) or 10-4000 GB (RunPod's floor is 10 GB)")
+        volume = 0
+    weights = p.get("weightsGb")
+    disk = p.get("containerDiskGb")
+    if not isinstance(weights, int | float) or weights <= 0:
+        bad("weightsGb", "must be the model's weight size in GB (> 0)")
+    elif not isinstance(disk, int | float) or int(disk) != disk or disk < 1:
+        bad("containerDiskGb", "must be a whole number of GB")
+    else:
+        need = min_container_disk_gb(float(weights), int(volume))
+        if disk < need:
+            bad(
+                "containerDiskGb",
+                f"{disk:g} GB cannot hold the model's ~{weights:g} GB of weights plus "
+                f"{DISK_HEADROOM_GB} GB of headroom; set llm-endpoint:runpod.containerDiskGb to "
+                f"at least {need}, or add a volume (runpod.volumeGb) for the model cache",
+            )
+        if volume and volume < math.ceil(float(weights) * 1.2):
+            bad(
+                "volumeGb",
+                f"{volume:g} GB cannot hold the model's ~{weights:g} GB of weights; set "
+                f"llm-endpoint:runpod.volumeGb to at least {math.ceil(float(weights) * 1.2)}",
+            )
+    timeout = p.get("readyTimeoutMinutes")
+    if not isinstance(timeout, int | float) or not 1 <= timeout <= 240:
+        bad("readyTimeoutMinutes", "must be 1-240 minutes")
+    if "apiKey" in p and (not isinstance(p["apiKey"], str) or len(p["apiKey"]) < 32):
+        bad("apiKey", "must be the stack's API key (at least 32 characters)")
+    if "apiKey" not in news:
+        bad("apiKey", "is required: the endpoint must never serve without a key")
+    return failures
+
+
+class RunpodPodProvider(ResourceProvider):
+    """See the module docstring. `now`/`sleep`/`health` are injectable for tests; the defaults
+    are module-level functions, which pickle by reference."""
+
+    serialize_as_secret_always = True
+
+    def __init__(
+        self,
+        now: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        health: HealthCheck = http_health,
+    ) -> None:
+        super().__init__()
+        self.now = now
+        self.sleep = sleep
+        self.health = health
+        self._api_key: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never pickle a key into the serialized provider (it is stored in the stack's state).
+        state = dict(self.__dict__)
+        state["_api_key"] = None
+        return state
+
+    def configure(self, req: ConfigureRequest) -> None:
+        value = _plain(req.config.get(CONFIG_API_KEY))
+        self._api_key = value if isinstance(value, str) and value else None
+
+    @contextmanager
+    def _session(self, props: Mapping[str, Any]) -> Iterator[PodLifecycle]:
+        """A lifecycle on a client made for this one call (none is kept on the instance)."""
+        key = self._api_key or os.environ.get(API_KEY_ENV)
+        if not key:
+            raise MissingApiKeyError()
+        with _redacted(props, key), RunpodClient(key, sleep=self.sleep) as client:
+            yield PodLifecycle(client, now=self.now, sleep=self.sleep, health=self.health)
+
+    # -- check / diff ----------------------------------------------------------------------
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = dict(news)
+        inputs.setdefault("dataCenterIds", [])
+        inputs.setdefault("volumeGb", 0)
+        inputs.setdefault("hfToken", "")
+        inputs["bootstrapDigest"] = bootstrap_digest()
+        return CheckResult(inputs, validate(inputs))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        old, new = _inputs(olds), _inputs(news)
+        changed = [k for k in INPUT_KEYS if old.get(k) != new.get(k)]
+        replaces = [k for k in REPLACE_KEYS if k in changed]
+        placed_gpu = _plain(olds.get("gpuTypeId"))
+        placed_dc = _plain(olds.get("dataCenterId"))
+        new_gpus = new.get("gpuTypeIds")
+        if "gpuTypeIds" in changed and (
+            new_gpus == _UNKNOWN or not isinstance(new_gpus, list) or placed_gpu not in new_gpus
+        ):
+            replaces.append("gpuTypeIds")
+        new_dcs = new.get("dataCenterIds") or []
+        if (
+            "dataCenterIds" in changed
+            and new_dcs
+            and (new_dcs == _UNKNOWN or placed_dc not in new_dcs)
+        ):
+            replaces.append("dataCenterIds")
+        return DiffResult(
+            changes=bool(changed),
+            replaces=replaces,
+            stables=["name"] if not replaces else [],
+            delete_before_replace=False,
+        )
+
+    # -- create / read / update / delete ---------------------------------------------------
+
+    def _spec(self, props: Mapping[str, Any], pod_name: str) -> PodSpec:
+        p = _inputs(props)
+        return PodSpec(
+            name=pod_name,
+            image=p["image"],
+            args=list(p["vllmArgs"]),
+            env=bootstrap.pod_env(p["apiKey"], p.get("hfToken") or None),
+            gpu_type_ids=list(p["gpuTypeIds"]),
+            gpu_count=int(p["gpuCount"]),
+            data_center_ids=list(p.get("dataCenterIds") or []),
+            cloud=p["cloud"],
+            container_disk_gb=int(p["containerDiskGb"]),
+            volume_gb=int(p.get("volumeGb") or 0),
+            min_cuda_version=p["minCudaVersion"],
+            port=PUBLIC_PORT,
+            ready_timeout_s=float(p["readyTimeoutMinutes"]) * 60,
+        )
+
+    @staticmethod
+    def _outs(props: Mapping[str, Any], pod: ReadyPod) -> dict[str, Any]:
+        return {
+            **_inputs(props),
+            "podId": pod.id,
+            "podName": pod.name,
+            "endpoint": pod.endpoint,
+            "gpuTypeId": pod.gpu_type_id,
+            "dataCenterId": pod.data_center_id,
+            "costPerHour": pod.cost_per_hour,
+            "status": pod.status,
+        }
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        # A fresh name per create: after a lost answer the pod is looked up by this name, and a
+        # replacement (created before the old pod is deleted) must not find the old one.
+        pod_name = f"{_plain(props['name'])}-{secrets.token_hex(4)}"
+        with self._session(props) as lifecycle:
+            pod = lifecycle.create(self._spec(props, pod_name))
+        return CreateResult(pod.id, self._outs(props, pod))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self._session(props) as lifecycle:
+            pod = lifecycle.read(id_)
+        if pod is None:
+            # Gone (e.g. terminated from the console): an empty id makes `pulumi refresh` drop
+            # it from the state instead of showing it forever (FACTS.md (Pulumi)).
+            return ReadResult("", {})
+        outs = {k: v for k, v in props.items() if k != PROVIDER_KEY}
+        outs.update(
+            podId=str(pod["id"]),
+            podName=pod.get("name", outs.get("podName")),
+            status=pod.get("status"),
+            costPerHour=float(pod.get("cost") or 0.0),
+            gpuTypeId=(pod.get("gpu") or {}).get("id", outs.get("gpuTypeId")),
+            dataCenterId=pod.get("dataCenterId"),
+        )
+        return ReadResult(id_, outs)
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        old, new = _inputs(olds), _inputs(news)
+        changed = {k for k in IN_PLACE_KEYS if old.get(k) != new.get(k)}
+        pod_name = str(_plain(olds.get("podName")) or _plain(news["name"]))
+        spec = self._spec(news, pod_name)
+        patch: dict[str, Any] = {}
+        if changed & {"image", "vllmArgs", "apiKey", "hfToken", "bootstrapDigest"}:
+            patch.update(image=spec.image, args=shlex.join(spec.args), env=dict(spec.env))
+        if "containerDiskGb" in changed:
+            patch["disk"] = spec.container_disk_gb
+        with self._session(news) as lifecycle:
+            if patch:
+                pod = lifecycle.update_in_place(id_, patch, spec)
+                return UpdateResult(self._outs(news, pod))
+            current = lifecycle.read(id_)
+        outs = {k: v for k, v in olds.items() if k != PROVIDER_KEY}
+        outs.update(_inputs(news))
+        if current is not None:
+            outs.update(status=current.get("status"), costPerHour=float(current.get("cost") or 0))
+        return UpdateResult(outs)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self._session(props) as lifecycle:
+            lifecycle.delete(id_)

@@ -1,0 +1,192 @@
+"""List this project's RunPod pods, flag the ones no stack knows about, and delete those on
+request: the safety net against pods that bill on after a failed or interrupted run.
+
+    python -m scripts.runpod_pods --stack runpod                  # list, flag unknown pods
+    python -m scripts.runpod_pods --stack runpod --delete-unknown # ... and delete them (asks)
+    python -m scripts.runpod_pods --known-ids abc123 def456 --delete-unknown --yes
+
+Pods are recognised by name (infra/runpod/naming.py: `llm-endpoint-<stack>-<n>-<hex>`). A pod is
+"known" when its id is in `runpod_pod_ids` of `pulumi stack output --json --stack <stack>`, or
+in --known-ids (for machines without the Pulumi CLI: pass the ids of every stack and no --stack).
+With --stack, only that stack's pods are judged; with only --known-ids, every pod of this
+project is. When a stack's outputs cannot be read, nothing is judged or deleted. The RunPod key
+comes from RUNPOD_API_KEY, else from `pulumi config get runpodApiKey` of the first --stack.
+
+Exit status: 0 nothing unknown is left running, 1 unknown pods remain, 2 usage or API error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from infra.runpod.client import API_KEY_ENV, RunpodClient
+from infra.runpod.errors import KEY_HELP, RunpodError
+from infra.runpod.lifecycle import PodLifecycle
+from infra.runpod.naming import is_project_pod, stack_pattern
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class PodRow:
+    id: str
+    name: str
+    status: str
+    cost_per_hour: float
+    verdict: str  # "known", "UNKNOWN" or "other stack"
+
+
+def _pulumi(run: Run, *args: str) -> str:
+    try:
+        done = run(["pulumi", *args], capture_output=True, text=True, check=False, timeout=120)
+    except FileNotFoundError:
+        raise UsageError(
+            "the Pulumi CLI is not installed here, so the stacks' pod ids cannot be read. Run "
+            "this where `pulumi` works, or pass the ids with --known-ids (from `pulumi stack "
+            "output runpod_pod_ids` of every stack)"
+        ) from None
+    if done.returncode != 0:
+        raise UsageError(f"`pulumi {' '.join(args[:3])}` failed: {done.stderr.strip()[:300]}")
+    return done.stdout
+
+
+def stack_pod_ids(run: Run, stack: str) -> set[str]:
+    outputs = json.loads(_pulumi(run, "stack", "output", "--json", "--stack", stack) or "{}")
+    return {str(i) for i in outputs.get("runpod_pod_ids") or []}
+
+
+def api_key(run: Run, stacks: Sequence[str]) -> str:
+    key = os.environ.get(API_KEY_ENV)
+    if key:
+        return key
+    if stacks:
+        try:
+            value = _pulumi(run, "config", "get", "runpodApiKey", "--stack", stacks[0]).strip()
+        except UsageError:
+            value = ""
+        if value:
+            return value
+    raise UsageError(f"no RunPod API key: export {API_KEY_ENV}=... ({KEY_HELP})")
+
+
+def classify(
+    pods: Sequence[dict[str, Any]], stacks: Sequence[str], known: set[str]
+) -> list[PodRow]:
+    patterns = [stack_pattern(s) for s in stacks]
+    rows = []
+    for pod in pods:
+        name = str(pod.get("name", ""))
+        if not is_project_pod(name):
+            continue
+        pod_id = str(pod["id"])
+        if pod_id in known:
+            verdict = "known"
+        elif patterns and not any(p.match(name) for p in patterns):
+            verdict = "other stack"
+        else:
+            verdict = "UNKNOWN"
+        rows.append(
+            PodRow(pod_id, name, str(pod.get("status")), float(pod.get("cost") or 0.0), verdict)
+        )
+    return rows
+
+
+def render(rows: Sequence[PodRow], out: TextIO) -> None:
+    if not rows:
+        print("No pods of this project at RunPod.", file=out)
+        return
+    print(f"{'ID':<16} {'NAME':<40} {'STATUS':<13} {'$/HOUR':>7}  STATE", file=out)
+    for r in rows:
+        print(
+            f"{r.id:<16} {r.name:<40} {r.status:<13} {r.cost_per_hour:>7.2f}  {r.verdict}",
+            file=out,
+        )
+    unknown = [r for r in rows if r.verdict == "UNKNOWN"]
+    if unknown:
+        cost = sum(r.cost_per_hour for r in unknown)
+        print(
+            f"{len(unknown)} pod(s) no stack knows about, costing ${cost:.2f}/hour together. "
+            "Delete them with --delete-unknown.",
+            file=out,
+        )
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    run: Run = subprocess.run,
+    ask: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.monotonic,
+) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.runpod_pods", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--stack", action="append", default=[], help="a stack (repeatable)")
+    parser.add_argument(
+        "--known-ids", nargs="*", default=None, help="ids of every pod a stack owns (may be none)"
+    )
+    parser.add_argument("--delete-unknown", action="store_true")
+    parser.add_argument("--yes", action="store_true", help="do not ask before deleting")
+    args = parser.parse_args(argv)
+    err = sys.stderr if out is sys.stdout else out
+    try:
+        if args.delete_unknown and not args.stack and args.known_ids is None:
+            raise UsageError(
+                "--delete-unknown needs --stack or --known-ids, to know which pods are in use"
+            )
+        known = set(args.known_ids or [])
+        unreadable = []
+        for stack in args.stack:
+            try:
+                known |= stack_pod_ids(run, stack)
+            except UsageError as e:
+                unreadable.append(f"{stack}: {e}")
+        if unreadable:
+            # Judging pods without knowing what a stack holds could delete a serving pod.
+            raise UsageError("cannot read the stacks' pods: " + "; ".join(unreadable))
+        key = api_key(run, args.stack)
+        with RunpodClient(key, sleep=sleep) as client:
+            rows = classify(client.list_pods(), args.stack, known)
+            render(rows, out)
+            unknown = [r for r in rows if r.verdict == "UNKNOWN"]
+            if not unknown or not args.delete_unknown:
+                return 1 if unknown else 0
+            if not args.yes:
+                answer = ask(f"Delete {len(unknown)} unknown pod(s)? Type 'yes' to confirm: ")
+                if answer.strip().lower() != "yes":
+                    print("Nothing deleted.", file=out)
+                    return 1
+            lifecycle = PodLifecycle(client, now=now, sleep=sleep)
+            failed = 0
+            for row in unknown:
+                try:
+                    lifecycle.delete(row.id)
+                    print(f"deleted {row.id} ({row.name})", file=out)
+                except RunpodError as e:
+                    failed += 1
+                    print(f"FAILED to delete {row.id}: {e}", file=err)
+            return 1 if failed else 0
+    except UsageError as e:
+        print(f"runpod_pods: {e}", file=err)
+        return 2
+    except RunpodError as e:
+        print(f"runpod_pods: {e}", file=err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

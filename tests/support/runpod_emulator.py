@@ -1,0 +1,566 @@
+"""A local emulator of the part of RunPod's REST API v2 this project uses.
+
+Serves `/v2/pods` (list, create), `/v2/pods/{id}` (get, patch, delete) and `/v2/catalog/gpus`,
+plus each pod's HTTP proxy (`/proxy/{podId}-{port}/health`) so readiness is tested end to end.
+Every request and every response is validated against RunPod's OpenAPI document with
+openapi-core; an invalid request gets the API's 422 problem answer, and every mismatch is kept in
+`violations` for tests to assert on.
+
+Pod states change with an injectable clock (`FakeClock` in tests, shared with the provider), so
+tests move through PROVISIONING -> STARTING -> RUNNING in fake time. Faults are scripted per test
+through `RunpodEmulator.faults`.
+
+Run it on its own (state changes in real time):
+    python -m tests.support.runpod_emulator --port 8765 --api-key test-key
+then point the client at it with the environment it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from openapi_core import Config, OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+SPEC_PATH = (
+    Path(__file__).resolve().parents[2].parent / "shared/reference/runpod-rest-v2-openapi.json"
+)
+SPEC_SERVER = "https://api.runpod.io"
+_RUNPOD_HOST = "https://api.runpod.io/"
+
+_spec_lock = threading.Lock()
+_spec_cache: list[OpenAPI] = []
+
+
+def openapi() -> OpenAPI:
+    """The RunPod OpenAPI document, parsed once per process (it is large)."""
+    with _spec_lock:
+        if not _spec_cache:
+            spec = json.loads(SPEC_PATH.read_text())
+            config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
+            _spec_cache.append(OpenAPI.from_dict(spec, config=config))
+        return _spec_cache[0]
+
+
+class FakeClock:
+    """Monotonic fake time: `sleep` advances it instantly. Shared by emulator and provider."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self._now += max(0.0, seconds)
+            self.slept.append(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@dataclass
+class Faults:
+    """What goes wrong, scripted per test. Counters are consumed as requests arrive."""
+
+    # (gpu type id, data center id); a None data center means "nowhere".
+    no_capacity: set[tuple[str, str | None]] = field(default_factory=set)
+    insufficient_balance: bool = False
+    forbidden_gpus: set[str] = field(default_factory=set)
+    # "METHOD /path-template" -> how many 429s to answer first.
+    rate_limited: dict[str, int] = field(default_factory=dict)
+    retry_after_s: int = 7
+    create_5xx_before: int = 0  # answer 503 without creating anything
+    create_5xx_after: int = 0  # create the pod, then answer 500
+    create_lost_after: int = 0  # create the pod, then cut the connection mid-answer
+    get_5xx: int = 0
+    delete_5xx: int = 0
+    stuck_provisioning: bool = False
+    error_after_start: bool = False  # STARTING -> ERROR instead of RUNNING
+    exit_after_start: bool = False  # STARTING -> EXITED
+    never_healthy: bool = False  # RUNNING, but /health never answers 200
+    # RUNNING with `runtime` still null for this long (FACTS.md (RunPod): seen right after
+    # create), while the proxy already answers 200 (so only the runtime check holds it back).
+    runtime_null_s: float = 0.0
+    vanish_after_s: float | None = None  # the pod disappears (console terminate, $0 balance)
+    # After DELETE the pod keeps its status this long, then shows TERMINATED for 10 s, then 404.
+    delete_takes_s: float = 0.0
+    delete_ignored: bool = False  # DELETE answers 204 but the pod keeps running
+    invalid_422: bool = False  # answer 422 to creates, naming a field
+    echo_secret_in_422: bool = False  # ... and quote the env's key in it (a careless API)
+
+
+@dataclass
+class GpuOffer:
+    id: str
+    name: str
+    memory: int
+    secure_price: float
+    community_price: float
+    data_centers: list[str]
+
+
+DEFAULT_CATALOG = [
+    GpuOffer("NVIDIA A100 80GB PCIe", "A100 PCIe", 80, 1.64, 1.19, ["US-KS-2", "EU-RO-1"]),
+    GpuOffer("NVIDIA A100-SXM4-80GB", "A100 SXM", 80, 1.74, 1.39, ["US-TX-3", "EU-RO-1"]),
+    GpuOffer("NVIDIA H100 80GB HBM3", "H100 SXM", 80, 2.99, 2.69, ["US-TX-3"]),
+]
+
+
+@dataclass
+class EmulatedPod:
+    body: dict[str, Any]
+    gpu_id: str
+    data_center_id: str
+    price_per_hour: float
+    created_at: float
+    started_at: float  # last (re)start: a PATCH of the container restarts it
+    deleted_at: float | None = None
+    health_hits: int = 0
+
+
+class RunpodEmulator:
+    def __init__(
+        self,
+        *,
+        api_key: str = "emulator-runpod-key-000000000000",
+        clock: FakeClock | RealClock | None = None,
+        provision_s: float = 30.0,
+        start_s: float = 30.0,
+        serve_after_s: float = 60.0,
+        catalog: list[GpuOffer] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.api_key = api_key
+        self.clock = clock or FakeClock()
+        self.provision_s = provision_s
+        self.start_s = start_s
+        self.serve_after_s = serve_after_s
+        self.catalog = list(catalog or DEFAULT_CATALOG)
+        self.faults = Faults()
+        self.pods: dict[str, EmulatedPod] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        self.violations: list[str] = []
+        self._lock = threading.RLock()
+        self._spec = openapi()
+        self._server = make_server(host, port, self._wsgi, threaded=True)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    @property
+    def proxy_url_template(self) -> str:
+        return self.base_url + "/proxy/{pod_id}-{port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment that points the project's client and provider at this emulator."""
+        return {
+            "RUNPOD_API_BASE_URL": self.base_url,
+            "RUNPOD_PROXY_URL_TEMPLATE": self.proxy_url_template,
+        }
+
+    def start(self) -> RunpodEmulator:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> RunpodEmulator:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def status_of(self, pod: EmulatedPod) -> str | None:
+        """Current status, or None once the pod is gone for good."""
+        now = self.clock.now()
+        f = self.faults
+        if pod.deleted_at is not None:
+            since = now - pod.deleted_at
+            if since >= f.delete_takes_s:
+                return "TERMINATED" if since < f.delete_takes_s + 10 else None
+        if f.vanish_after_s is not None and now - pod.created_at >= f.vanish_after_s:
+            return None
+        if f.stuck_provisioning:
+            return "PROVISIONING"
+        age = now - pod.started_at
+        if pod.started_at == pod.created_at and age < self.provision_s:
+            return "PROVISIONING"
+        warmup = self.provision_s if pod.started_at == pod.created_at else 0.0
+        if age < warmup + self.start_s:
+            return "STARTING"
+        if f.error_after_start:
+            return "ERROR"
+        if f.exit_after_start:
+            return "EXITED"
+        return "RUNNING"
+
+    def serving(self, pod: EmulatedPod) -> bool:
+        if self.status_of(pod) != "RUNNING" or self.faults.never_healthy:
+            return False
+        if self.faults.runtime_null_s:
+            return True
+        warmup = self.provision_s if pod.started_at == pod.created_at else 0.0
+        return self.clock.now() - pod.started_at >= warmup + self.start_s + self.serve_after_s
+
+    def _runtime_pending(self, pod: EmulatedPod) -> bool:
+        warmup = self.provision_s if pod.started_at == pod.created_at else 0.0
+        running_since = pod.started_at + warmup + self.start_s
+        return self.clock.now() - running_since < self.faults.runtime_null_s
+
+    def live_pods(self) -> list[str]:
+        """Ids of pods that still exist and bill (not deleted, not vanished)."""
+        with self._lock:
+            return [
+                pid
+                for pid, pod in self.pods.items()
+                if self.status_of(pod) not in (None, "TERMINATED")
+            ]
+
+    def add_pod(self, name: str, gpu_id: str = "NVIDIA A100 80GB PCIe") -> str:
+        """Create a pod directly (as if from the console), for leak tests."""
+        body = {"name": name, "image": "some/image:1", "gpu": {"id": gpu_id, "count": 1}}
+        with self._lock:
+            return self._create(body, gpu_id, self._offer(gpu_id).data_centers[0])
+
+    def _offer(self, gpu_id: str) -> GpuOffer:
+        return next(o for o in self.catalog if o.id == gpu_id)
+
+    def _create(self, body: dict[str, Any], gpu_id: str, dc: str) -> str:
+        pod_id = secrets.token_hex(7)
+        offer = self._offer(gpu_id)
+        cloud = body.get("cloud", "SECURE")
+        count = int(body.get("gpu", {}).get("count", 1))
+        price = offer.secure_price if cloud == "SECURE" else offer.community_price
+        now = self.clock.now()
+        self.pods[pod_id] = EmulatedPod(
+            body=body,
+            gpu_id=gpu_id,
+            data_center_id=dc,
+            price_per_hour=round(price * count, 4),
+            created_at=now,
+            started_at=now,
+        )
+        return pod_id
+
+    def _view(self, pod_id: str, pod: EmulatedPod) -> dict[str, Any] | None:
+        status = self.status_of(pod)
+        if status is None:
+            return None
+        b = pod.body
+        running = status == "RUNNING"
+        ports = list(b.get("ports", []))
+        mounts: dict[str, Any] = dict(b.get("mounts") or {})
+        created = datetime.fromtimestamp(pod.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "id": pod_id,
+            "name": b["name"],
+            "status": status,
+            "actions": ["stop", "restart", "terminate"] if running else ["terminate"],
+            "image": b.get("image", ""),
+            "args": b.get("args", ""),
+            "disk": b.get("disk", 50),
+            "mounts": mounts,
+            "ports": ports,
+            "env": dict(b.get("env", {})),
+            "registry": None,
+            "gpu": {"id": pod.gpu_id, "count": int(b.get("gpu", {}).get("count", 1))},
+            "cloud": b.get("cloud", "SECURE"),
+            "dataCenterId": pod.data_center_id,
+            "cudaVersion": "13.0",
+            "ssh": {"proxy": None, "direct": None},
+            "template": None,
+            "cost": pod.price_per_hour if status not in ("EXITED", "TERMINATED") else 0.0,
+            "locked": False,
+            "globalNetworking": {"enabled": False},
+            "runtime": (
+                None
+                if running and self._runtime_pending(pod)
+                else {
+                    "uptime": int(self.clock.now() - pod.started_at),
+                    "ports": [
+                        {"private": int(p.split("/")[0]), "public": None, "type": "http"}
+                        for p in ports
+                    ],
+                }
+                if running
+                else None
+            ),
+            "createdAt": created,
+            "startedAt": created if running else None,
+        }
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = Request(environ)
+        if request.path.startswith("/proxy/"):
+            return self._proxy(request)(environ, start_response)
+        response = self._api(request)
+        return response(environ, start_response)
+
+    def _problem(
+        self, status: int, detail: str, errors: list[str] | None = None, **headers: str
+    ) -> Response:
+        titles = {
+            400: "Bad Request",
+            401: "Unauthorized",
+            402: "Payment Required",
+            403: "Forbidden",
+            404: "Not Found",
+            422: "Unprocessable Entity",
+            429: "Too Many Requests",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }
+        body: dict[str, Any] = {"title": titles.get(status, "Error"), "status": status}
+        body["detail"] = detail
+        if errors:
+            body["errors"] = errors
+        response = Response(
+            json.dumps(body), status=status, content_type="application/problem+json"
+        )
+        for k, v in headers.items():
+            response.headers[k.replace("_", "-")] = v
+        return response
+
+    def _json(self, status: int, body: Any) -> Response:
+        response = Response(json.dumps(body), status=status, content_type="application/json")
+        response.headers["RateLimit"] = '"minute";r=59;t=60'
+        response.headers["RateLimit-Policy"] = '"minute";q=60;w=60'
+        return response
+
+    def _consume(self, attr: str) -> bool:
+        n = getattr(self.faults, attr)
+        if n > 0:
+            setattr(self.faults, attr, n - 1)
+            return True
+        return False
+
+    def _api(self, request: Request) -> Response:
+        body = request.get_json(silent=True) if request.data else None
+        with self._lock:
+            self.requests.append((request.method, request.path, body))
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._problem(401, "missing or invalid bearer token")
+        oa_request = _RunpodRequest(request)
+        errors = [str(e) for e in self._spec.iter_request_errors(oa_request)]
+        if errors:
+            self.violations.append(f"request {request.method} {request.path}: {errors}")
+            return self._problem(422, "Request validation failed.", errors)
+        response = self._route(request, body)
+        if not getattr(response, "_lost", False):
+            resp_errors = [
+                str(e)
+                for e in self._spec.iter_response_errors(
+                    oa_request, WerkzeugOpenAPIResponse(response)
+                )
+            ]
+            if resp_errors:
+                self.violations.append(
+                    f"response {request.method} {request.path} {response.status_code}: "
+                    f"{resp_errors}"
+                )
+        return response
+
+    def _route(self, request: Request, body: Any) -> Response:
+        parts = request.path.strip("/").split("/")
+        method = request.method
+        template = "/" + "/".join(parts[:2] + (["{id}"] if len(parts) > 2 else []))
+        key = f"{method} {template}"
+        if self.faults.rate_limited.get(key, 0) > 0:
+            self.faults.rate_limited[key] -= 1
+            return self._problem(
+                429,
+                "rate limit exceeded for the minute window",
+                Retry_After=str(self.faults.retry_after_s),
+            )
+        with self._lock:
+            if parts == ["v2", "catalog", "gpus"] and method == "GET":
+                return self._json(200, {"gpus": [self._gpu_view(o) for o in self.catalog]})
+            if parts == ["v2", "pods"] and method == "GET":
+                views = [self._view(pid, p) for pid, p in list(self.pods.items())]
+                return self._json(200, {"pods": [v for v in views if v is not None]})
+            if parts == ["v2", "pods"] and method == "POST":
+                return self._create_route(body)
+            if len(parts) == 3 and parts[:2] == ["v2", "pods"]:
+                return self._pod_route(method, parts[2], body)
+        return self._problem(404, "resource not found")
+
+    def _gpu_view(self, o: GpuOffer) -> dict[str, Any]:
+        return {
+            "id": o.id,
+            "name": o.name,
+            "pool": None,
+            "manufacturer": "NVIDIA",
+            "memory": o.memory,
+            "secure": True,
+            "community": True,
+            "price": {"secure": o.secure_price, "community": o.community_price},
+            "maxCount": {"secure": 8, "community": 4},
+        }
+
+    def _create_route(self, body: dict[str, Any]) -> Response:
+        f = self.faults
+        if f.invalid_422:
+            errors = ["$.disk: must be >= 20 for this image"]
+            if f.echo_secret_in_422:
+                errors.append(f"$.env.VLLM_API_KEY: {body['env'].get('VLLM_API_KEY')} is odd")
+            return self._problem(422, "Request validation failed.", errors)
+        if self._consume("create_5xx_before"):
+            return self._problem(503, "upstream unavailable")
+        if f.insufficient_balance:
+            return self._problem(402, "Insufficient balance to deploy this pod.")
+        gpu_id = body["gpu"]["id"]
+        if gpu_id in f.forbidden_gpus:
+            return self._problem(403, "access denied to the requested GPU pool")
+        offer = next((o for o in self.catalog if o.id == gpu_id), None)
+        if offer is None:
+            return self._problem(400, f"unknown GPU type {gpu_id!r}")
+        wanted = body.get("dataCenterIds") or offer.data_centers
+        placeable = [
+            dc
+            for dc in wanted
+            if dc in offer.data_centers
+            and (gpu_id, dc) not in f.no_capacity
+            and (gpu_id, None) not in f.no_capacity
+        ]
+        if not placeable:
+            return self._problem(
+                400, "There are no longer any instances available with the requested specifications"
+            )
+        pod_id = self._create(body, gpu_id, placeable[0])
+        if self._consume("create_5xx_after"):
+            return self._problem(500, "internal error")
+        if self._consume("create_lost_after"):
+            return _LostResponse()
+        view = self._view(pod_id, self.pods[pod_id])
+        return self._json(201, view)
+
+    def _pod_route(self, method: str, pod_id: str, body: Any) -> Response:
+        pod = self.pods.get(pod_id)
+        view = self._view(pod_id, pod) if pod else None
+        if method == "GET":
+            if self._consume("get_5xx"):
+                return self._problem(502, "bad gateway")
+            if view is None:
+                return self._problem(404, "pod not found")
+            return self._json(200, view)
+        if method == "DELETE":
+            if self._consume("delete_5xx"):
+                return self._problem(500, "internal error")
+            if pod is None or view is None or view["status"] == "TERMINATED":
+                return self._problem(404, "pod not found")
+            if not self.faults.delete_ignored and pod.deleted_at is None:
+                pod.deleted_at = self.clock.now()
+            return Response(status=204, headers={"RateLimit": '"minute";r=59;t=60'})
+        if method == "PATCH":
+            if pod is None or view is None:
+                return self._problem(404, "pod not found")
+            restart = any(
+                k in body and body[k] != pod.body.get(k) for k in ("image", "args", "env")
+            )
+            pod.body = {**pod.body, **body}
+            if restart:
+                pod.started_at = self.clock.now()
+            return self._json(200, self._view(pod_id, pod))
+        return self._problem(404, "resource not found")
+
+    def _proxy(self, request: Request) -> Response:
+        """RunPod's HTTP proxy for one pod port: 502 until the container serves, like the real
+        proxy (FACTS.md (RunPod): 'The proxy answers 502 until the container listens')."""
+        rest = request.path[len("/proxy/") :]
+        target, _, path = rest.partition("/")
+        pod_id, _, _port = target.rpartition("-")
+        with self._lock:
+            pod = self.pods.get(pod_id)
+            if pod is None or self.status_of(pod) is None:
+                return Response("no such pod", status=404)
+            pod.health_hits += 1
+            ok = self.serving(pod)
+        if path != "health":
+            return Response("not emulated", status=404)
+        return Response("", status=200) if ok else Response("bad gateway", status=502)
+
+
+class _RunpodRequest(WerkzeugOpenAPIRequest):
+    """Validate as if the request had reached the documented server."""
+
+    @property
+    def host_url(self) -> str:
+        return _RUNPOD_HOST
+
+
+class _LostResponse(Response):
+    """Headers promise a body that never comes: the client sees the connection cut."""
+
+    _lost = True
+
+    def __init__(self) -> None:
+        def body() -> Iterator[bytes]:
+            yield b'{"id":'
+            raise ConnectionAbortedError("emulated lost answer")
+
+        super().__init__(body(), status=201, content_type="application/json")
+        self.headers["Content-Length"] = "4096"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default="emulator-runpod-key-000000000000")
+    parser.add_argument("--seconds-per-phase", type=float, default=5.0)
+    args = parser.parse_args()
+    emulator = RunpodEmulator(
+        api_key=args.api_key,
+        clock=RealClock(),
+        provision_s=args.seconds_per_phase,
+        start_s=args.seconds_per_phase,
+        serve_after_s=args.seconds_per_phase,
+        port=args.port,
+    )
+    for k, v in emulator.env().items():
+        print(f"export {k}='{v}'")
+    print("export RUNPOD_API_KEY=<the --api-key value>", flush=True)
+    emulator._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Shared values for the RunPod tests: secrets to look for, provider inputs, helpers.
+The fixtures are in tests/support/runpod_fixtures.py (loaded with `pytest_plugins`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pulumi.dynamic import ConfigureRequest
+from pulumi.dynamic.config import Config
+
+from infra.runpod.provider import RunpodPodProvider
+from infra.serving import MIN_CUDA_VERSION, ServingSpec
+
+ENDPOINT_KEY = "EndpointKey-0123456789abcdefghijklmnopqrstuvwxyz"
+HF_TOKEN = "hf_SecretTokenValue0123456789"
+RUNPOD_KEY = "rpa_RunpodKey0123456789ABCDEFGHIJKLMNOP"
+IMAGE = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy1"
+SECRETS = (ENDPOINT_KEY, HF_TOKEN, RUNPOD_KEY)
+
+SERVING = ServingSpec(
+    model="Qwen/Qwen2.5-7B-Instruct",
+    served_model_name="qwen",
+    max_model_len=8192,
+    gpu_memory_utilization=0.9,
+    tensor_parallel_size=1,
+    weights_gb=15.3,
+)
+
+
+def pod_inputs(**overrides: Any) -> dict[str, Any]:
+    """Provider inputs as the component passes them (camelCase)."""
+    props: dict[str, Any] = {
+        "name": "llm-endpoint-test-0",
+        "image": IMAGE,
+        "vllmArgs": SERVING.vllm_args(),
+        "minCudaVersion": MIN_CUDA_VERSION,
+        "gpuTypeIds": ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"],
+        "gpuCount": 1,
+        "dataCenterIds": [],
+        "cloud": "SECURE",
+        "containerDiskGb": 50,
+        "volumeGb": 0,
+        "weightsGb": 15.3,
+        "readyTimeoutMinutes": 20,
+        "apiKey": ENDPOINT_KEY,
+        "hfToken": HF_TOKEN,
+    }
+    props.update(overrides)
+    return props
+
+
+def configured(provider: RunpodPodProvider, key: str | None = RUNPOD_KEY) -> RunpodPodProvider:
+    raw = {"llm-endpoint:runpodApiKey": key} if key else {}
+    provider.configure(ConfigureRequest(Config(raw, "llm-endpoint")))
+    return provider
+
+
+@dataclass
+class Leaks:
+    """Pods a test expects to be left alive (everything else must be gone at the end)."""
+
+    allowed: set[str] = field(default_factory=set)

@@ -1,0 +1,229 @@
+"""How the proxy gets into a pod, tested offline: shellcheck on the entrypoint stub and the
+rendered bootstrap, the Dockerfile against infra/serving.py, and the stub + bootstrap run for
+real with bash and Debian's nginx, in front of a fake `vllm` on loopback, exactly with the
+environment the provider puts in the create request."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from infra import serving
+from infra.runpod import bootstrap
+from tests.support.runpod_testing import ENDPOINT_KEY, SERVING
+
+IMAGE_DIR = bootstrap.IMAGE_DIR
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+FAKE_VLLM = """#!{python}
+# Stands in for `vllm serve`: records its argv, serves /health and /v1/models (key checked the
+# way vLLM does, from VLLM_API_KEY) and answers 200 on every other path, like vLLM's open ones.
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+args = sys.argv[1:]
+open(os.environ["FAKE_VLLM_ARGV"], "w").write(json.dumps(args))
+open(os.environ["FAKE_VLLM_ARGV"] + ".pid", "w").write(str(os.getpid()))
+host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
+key = os.environ["VLLM_API_KEY"]
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        if self.path.startswith("/v1") and self.headers.get("Authorization") != "Bearer " + key:
+            self.send_response(401); self.end_headers(); return
+        self.send_response(200); self.end_headers(); self.wfile.write(b"vllm " + self.path.encode())
+ThreadingHTTPServer((host, port), H).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def shellcheck(path: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (CI installs it from Debian)")
+    return subprocess.run(
+        ["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True, check=False
+    )
+
+
+def test_entrypoint_stub_and_bootstrap_pass_shellcheck(tmp_path: Path):
+    rendered = tmp_path / "bootstrap.sh"
+    rendered.write_text(bootstrap.render_bootstrap())
+    for script in (IMAGE_DIR / "entrypoint.sh", rendered):
+        result = shellcheck(script)
+        assert result.returncode == 0, result.stdout
+
+
+def test_dockerfile_builds_on_the_pinned_vllm_image_with_the_stub_as_entrypoint():
+    text = (IMAGE_DIR / "Dockerfile").read_text()
+    assert f"ARG VLLM_IMAGE={serving.VLLM_IMAGE}\n" in text
+    assert "FROM ${VLLM_IMAGE}" in text
+    assert "COPY entrypoint.sh /usr/local/bin/llm-endpoint-entrypoint" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/llm-endpoint-entrypoint"]' in text
+    assert os.access(IMAGE_DIR / "entrypoint.sh", os.X_OK)
+
+
+def test_pod_env_holds_the_key_only_as_vllm_api_key():
+    env = bootstrap.pod_env(ENDPOINT_KEY, None)
+    assert set(env) == {"LLM_ENDPOINT_BOOTSTRAP_B64", "LLM_ENDPOINT_PROXY_CONF_B64", "VLLM_API_KEY"}
+    assert env["VLLM_API_KEY"] == ENDPOINT_KEY
+    assert ENDPOINT_KEY not in bootstrap.render_bootstrap()
+    assert ENDPOINT_KEY not in bootstrap.pod_proxy_config()
+    assert "listen 8000;" in bootstrap.pod_proxy_config()
+    assert "server 127.0.0.1:8001;" in bootstrap.pod_proxy_config()
+
+
+@dataclass
+class Pod:
+    proc: subprocess.Popen[bytes]
+    url: str
+    conf_dir: Path
+    argv_file: Path
+    log: Path
+
+
+def start_pod(tmp_path: Path, *, key: str | None, vllm_args: list[str]) -> Pod:
+    if NGINX is None:
+        pytest.skip("nginx is not installed (CI installs nginx-light from Debian)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "vllm"
+    fake.write_text(FAKE_VLLM.format(python=sys.executable))
+    fake.chmod(0o755)
+    conf_dir, state_dir = tmp_path / "etc", tmp_path / "run"
+    public = free_port()
+    internal = int(vllm_args[vllm_args.index("--port") + 1])
+    conf = bootstrap.pod_proxy_config(
+        conf_dir=str(conf_dir),
+        state_dir=str(state_dir),
+        listen_port=public,
+        listen_address="127.0.0.1",
+        upstream_port=internal,
+    )
+    env = {
+        "PATH": f"{bin_dir}:{Path(NGINX).parent}:/usr/bin:/bin",
+        "LLM_ENDPOINT_BOOTSTRAP_B64": bootstrap.b64(bootstrap.render_bootstrap()),
+        "LLM_ENDPOINT_PROXY_CONF_B64": bootstrap.b64(conf),
+        "LLM_ENDPOINT_CONF_DIR": str(conf_dir),
+        "LLM_ENDPOINT_STATE_DIR": str(state_dir),
+        "FAKE_VLLM_ARGV": str(tmp_path / "argv.json"),
+    }
+    if key is not None:
+        env["VLLM_API_KEY"] = key
+    log = tmp_path / "pod.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(IMAGE_DIR / "entrypoint.sh"), *vllm_args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Pod(proc, f"http://127.0.0.1:{public}", conf_dir, tmp_path / "argv.json", log)
+
+
+@pytest.fixture
+def pods() -> Iterator[list[Pod]]:
+    started: list[Pod] = []
+    yield started
+    for pod in started:
+        if pod.proc.poll() is None:
+            os.killpg(pod.proc.pid, signal.SIGTERM)
+            try:
+                pod.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(pod.proc.pid, signal.SIGKILL)
+                pod.proc.wait(timeout=10)
+
+
+def wait_serving(pod: Pod) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert pod.proc.poll() is None, pod.log.read_text()
+        try:
+            if requests.get(pod.url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("the pod's proxy never served /health:\n" + pod.log.read_text())
+
+
+def test_bootstrap_serves_only_health_and_keyed_v1_through_nginx(tmp_path: Path, pods):
+    args = SERVING.vllm_args(port=free_port())
+    pod = start_pod(tmp_path, key=ENDPOINT_KEY, vllm_args=args)
+    pods.append(pod)
+    wait_serving(pod)
+
+    import json
+
+    assert json.loads(pod.argv_file.read_text()) == ["serve", *args]
+    assert requests.get(pod.url + "/health", timeout=5).status_code == 200
+    assert requests.get(pod.url + "/v1/models", timeout=5).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert requests.get(pod.url + "/v1/models", headers=wrong, timeout=5).status_code == 401
+    right = {"Authorization": f"Bearer {ENDPOINT_KEY}"}
+    ok = requests.get(pod.url + "/v1/models", headers=right, timeout=5)
+    assert ok.status_code == 200 and ok.text == "vllm /v1/models"
+    for open_in_vllm in ("/metrics", "/invocations", "/tokenize", "/version"):
+        blocked = requests.get(pod.url + open_in_vllm, headers=right, timeout=5)
+        assert blocked.status_code in (403, 404), open_in_vllm
+        assert "vllm" not in blocked.text
+    auth = pod.conf_dir / "proxy-auth.conf"
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pod.conf_dir.stat().st_mode) == 0o700
+    assert ENDPOINT_KEY not in pod.log.read_text()
+
+    # If vLLM dies, the pod stops instead of serving half-way (RunPod then shows it EXITED).
+    vllm_pid = int(Path(str(pod.argv_file) + ".pid").read_text())
+    os.kill(vllm_pid, signal.SIGKILL)
+    assert pod.proc.wait(timeout=15) != 0
+    assert "vLLM or nginx exited" in pod.log.read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(pod.url + "/health", timeout=5)
+
+
+def test_bootstrap_refuses_to_start_without_a_key(tmp_path: Path, pods):
+    pod = start_pod(tmp_path, key=None, vllm_args=SERVING.vllm_args(port=free_port()))
+    pods.append(pod)
+    assert pod.proc.wait(timeout=15) != 0
+    assert "VLLM_API_KEY is empty" in pod.log.read_text()
+    assert not pod.argv_file.exists()
+
+
+def test_bootstrap_refuses_vllm_on_a_public_address(tmp_path: Path, pods):
+    args = SERVING.vllm_args(host="0.0.0.0", port=free_port())  # noqa: S104 (the bad case)
+    pod = start_pod(tmp_path, key=ENDPOINT_KEY, vllm_args=args)
+    pods.append(pod)
+    assert pod.proc.wait(timeout=15) != 0
+    assert "must be started with --host 127.0.0.1" in pod.log.read_text()
+    assert not pod.argv_file.exists()
+
+
+def test_entrypoint_stub_refuses_to_start_without_the_bootstrap(tmp_path: Path):
+    done = subprocess.run(
+        [str(IMAGE_DIR / "entrypoint.sh"), "--model", "x"],
+        env={"PATH": "/usr/bin:/bin", "LLM_ENDPOINT_STATE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=15,
+    )
+    assert done.returncode != 0
+    assert "LLM_ENDPOINT_BOOTSTRAP_B64" in done.stderr

@@ -1,0 +1,160 @@
+"""The provider driven exactly as the Pulumi engine drives it: through Pulumi's dynamic-provider
+host process (`python -m pulumi.dynamic`, run from the project root), over its ResourceProvider
+gRPC interface, with the provider serialized by the SDK's own `serialize_provider` (dill,
+base64) in the `__provider` property. This proves the provider survives pickling, is re-imported
+by reference in another process, reads the RunPod key from Configure, and runs its whole
+lifecycle there against the emulator (reached through RUNPOD_API_BASE_URL and
+RUNPOD_PROXY_URL_TEMPLATE set for the host). The host uses real time, so the emulator's pods
+change state immediately here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2  # type: ignore[import-untyped]
+from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
+
+from infra.runpod.provider import RunpodPodProvider
+from tests.support.runpod_emulator import RealClock, RunpodEmulator
+from tests.support.runpod_testing import RUNPOD_KEY, SECRETS, pod_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+URN = "urn:pulumi:test::llm-endpoint::pulumi-python:dynamic/llm-endpoint:RunpodPod::runpod-0"
+
+
+def _struct(props: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(props)
+    return s
+
+
+def _dict(s: struct_pb2.Struct) -> dict[str, Any]:
+    props: dict[str, Any] = json_format.MessageToDict(s)
+    return props
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunpodEmulator]:
+    with RunpodEmulator(
+        api_key=RUNPOD_KEY, clock=RealClock(), provision_s=0, start_s=0, serve_after_s=0
+    ) as emu:
+        yield emu
+        assert emu.violations == []
+
+
+@pytest.fixture
+def host(
+    emulator: RunpodEmulator, tmp_path: Path
+) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "PULUMI_"))}
+    env |= emulator.env()
+    stderr_path = tmp_path / "host.stderr"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulumi.dynamic"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().decode().strip())
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield provider_pb2_grpc.ResourceProviderStub(channel)
+        channel.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    logged = stderr_path.read_text(errors="replace")
+    for secret in SECRETS:
+        assert secret not in logged, "a secret reached the provider host's output"
+
+
+def test_engine_lifecycle_through_the_dynamic_provider_host(host, emulator):
+    serialized = serialize_provider(RunpodPodProvider())
+    assert RUNPOD_KEY not in serialized
+
+    host.Configure(
+        provider_pb2.ConfigureRequest(
+            args=_struct({"llm-endpoint:runpodApiKey": RUNPOD_KEY}), acceptSecrets=False
+        )
+    )
+
+    news = {**pod_inputs(), "__provider": serialized}
+    checked = host.Check(provider_pb2.CheckRequest(urn=URN, olds=_struct({}), news=_struct(news)))
+    assert list(checked.failures) == []
+    inputs = _dict(checked.inputs)
+    assert inputs["bootstrapDigest"]
+
+    created = host.Create(provider_pb2.CreateRequest(urn=URN, properties=checked.inputs))
+    pod_id = created.id
+    outs = _dict(created.properties)
+    assert list(emulator.pods) == [pod_id]
+    assert outs["podId"] == pod_id
+    assert outs["endpoint"] == emulator.proxy_url_template.format(pod_id=pod_id, port=8000)
+    assert outs["status"] == "RUNNING"
+    assert outs["gpuTypeId"] == "NVIDIA A100 80GB PCIe"
+    assert outs["__provider"] == serialized
+    assert emulator.pods[pod_id].health_hits >= 1
+
+    read = host.Read(provider_pb2.ReadRequest(id=pod_id, urn=URN, properties=created.properties))
+    assert read.id == pod_id
+    assert _dict(read.properties)["costPerHour"] == pytest.approx(1.64)
+
+    new_image = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy2"
+    rechecked = host.Check(
+        provider_pb2.CheckRequest(
+            urn=URN, olds=checked.inputs, news=_struct({**news, "image": new_image})
+        )
+    )
+    diff = host.Diff(
+        provider_pb2.DiffRequest(id=pod_id, urn=URN, olds=created.properties, news=rechecked.inputs)
+    )
+    assert diff.changes == provider_pb2.DiffResponse.DIFF_SOME
+    assert list(diff.replaces) == []
+    bigger = host.Check(
+        provider_pb2.CheckRequest(
+            urn=URN, olds=checked.inputs, news=_struct({**news, "gpuCount": 2})
+        )
+    )
+    replace = host.Diff(
+        provider_pb2.DiffRequest(id=pod_id, urn=URN, olds=created.properties, news=bigger.inputs)
+    )
+    assert list(replace.replaces) == ["gpuCount"]
+
+    updated = host.Update(
+        provider_pb2.UpdateRequest(
+            id=pod_id, urn=URN, olds=created.properties, news=rechecked.inputs
+        )
+    )
+    assert _dict(updated.properties)["image"] == new_image
+    assert emulator.pods[pod_id].body["image"] == new_image
+    assert [m for m, _, _ in emulator.requests].count("PATCH") == 1
+
+    host.Delete(provider_pb2.DeleteRequest(id=pod_id, urn=URN, properties=updated.properties))
+    assert emulator.live_pods() == []
+
+    gone = host.Read(provider_pb2.ReadRequest(id=pod_id, urn=URN, properties=updated.properties))
+    assert gone.id == ""
+
+
+def test_check_failures_come_back_through_the_host(host, emulator):
+    news = {
+        **pod_inputs(gpuTypeIds=[], containerDiskGb=12),
+        "__provider": serialize_provider(RunpodPodProvider()),
+    }
+    host.Configure(provider_pb2.ConfigureRequest(args=_struct({})))
+    checked = host.Check(provider_pb2.CheckRequest(urn=URN, olds=_struct({}), news=_struct(news)))
+    assert sorted(f.property for f in checked.failures) == ["containerDiskGb", "gpuTypeIds"]
+    assert emulator.requests == []

@@ -1,0 +1,172 @@
+"""scripts/runpod_pods.py (the leak finder) against the RunPod emulator."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts import runpod_pods
+from tests.support.runpod_emulator import RealClock, RunpodEmulator
+from tests.support.runpod_testing import RUNPOD_KEY, Leaks
+
+pytest_plugins = ["tests.support.runpod_fixtures"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fleet(emulator: RunpodEmulator, leaks: Leaks, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", RUNPOD_KEY)
+    pods = {
+        "known0": emulator.add_pod("llm-endpoint-runpod-0-0a1b2c3d"),
+        "known1": emulator.add_pod("llm-endpoint-runpod-1-0a1b2c3e"),
+        "leaked": emulator.add_pod("llm-endpoint-runpod-1-deadbeef"),
+        "other": emulator.add_pod("llm-endpoint-runpod-eu-0-12345678"),  # stack "runpod-eu"
+        "foreign": emulator.add_pod("my-notebook"),
+    }
+    leaks.allowed |= {v for k, v in pods.items() if k != "leaked"}
+    return pods
+
+
+def pulumi_outputs(by_stack: dict[str, list[str]]):
+    calls: list[list[str]] = []
+
+    def run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        assert argv[:4] == ["pulumi", "stack", "output", "--json"]
+        stack = argv[argv.index("--stack") + 1]
+        body = json.dumps({"runpod_pod_ids": by_stack[stack], "api_key": "[secret]"})
+        return subprocess.CompletedProcess(argv, 0, body, "")
+
+    return run, calls
+
+
+def no_pulumi(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+    raise FileNotFoundError("pulumi")
+
+
+def test_lists_pods_and_flags_the_ones_no_stack_knows(fleet, emulator):
+    run, calls = pulumi_outputs({"runpod": [fleet["known0"], fleet["known1"]]})
+    out = io.StringIO()
+    code = runpod_pods.main(["--stack", "runpod"], run=run, out=out)
+    text = out.getvalue()
+    assert code == 1
+    assert calls == [["pulumi", "stack", "output", "--json", "--stack", "runpod"]]
+    lines = {line.split()[0]: line for line in text.splitlines() if line[:1].isalnum()}
+    assert lines[fleet["leaked"]].endswith("UNKNOWN")
+    assert lines[fleet["known0"]].endswith("known")
+    assert lines[fleet["other"]].endswith("other stack")
+    assert fleet["foreign"] not in text  # not this project's
+    assert "1 pod(s) no stack knows about, costing $1.64/hour" in text
+    assert len(emulator.live_pods()) == 5
+    emulator.pods.pop(fleet["leaked"])  # listing deletes nothing; tidy up for the leak check
+
+
+def test_delete_unknown_asks_first_and_keeps_everything_on_no(fleet, emulator):
+    run, _ = pulumi_outputs({"runpod": [fleet["known0"], fleet["known1"]]})
+    questions: list[str] = []
+
+    def ask(question: str) -> str:
+        questions.append(question)
+        return "no"
+
+    out = io.StringIO()
+    code = runpod_pods.main(
+        ["--stack", "runpod", "--delete-unknown"],
+        run=run,
+        ask=ask,
+        out=out,
+    )
+    assert code == 1
+    assert questions == ["Delete 1 unknown pod(s)? Type 'yes' to confirm: "]
+    assert "Nothing deleted." in out.getvalue()
+    assert fleet["leaked"] in emulator.live_pods()
+    emulator.pods.pop(fleet["leaked"])  # tidy up for the no-leak check
+
+
+def test_delete_unknown_with_yes_deletes_only_the_unknown_pod(fleet, emulator, clock):
+    run, _ = pulumi_outputs({"runpod": [fleet["known0"], fleet["known1"]]})
+    out = io.StringIO()
+    code = runpod_pods.main(
+        ["--stack", "runpod", "--delete-unknown", "--yes"],
+        run=run,
+        ask=lambda q: pytest.fail("must not ask with --yes"),
+        out=out,
+        sleep=clock.sleep,
+        now=clock.now,
+    )
+    assert code == 0
+    assert f"deleted {fleet['leaked']}" in out.getvalue()
+    assert sorted(emulator.live_pods()) == sorted(
+        fleet[k] for k in ("known0", "known1", "other", "foreign")
+    )
+
+
+def test_without_pulumi_cli_nothing_is_judged_and_the_message_says_what_to_do(fleet, emulator):
+    out = io.StringIO()
+    code = runpod_pods.main(
+        ["--stack", "runpod", "--delete-unknown", "--yes"], run=no_pulumi, out=out
+    )
+    assert code == 2
+    assert "Pulumi CLI is not installed" in out.getvalue()
+    assert "--known-ids" in out.getvalue()
+    assert not [m for m, _, _ in emulator.requests if m == "DELETE"]
+    emulator.pods.pop(fleet["leaked"])
+
+
+def test_known_ids_judge_every_project_pod(fleet, emulator, clock):
+    keep = [fleet["known0"], fleet["known1"], fleet["other"]]
+    out = io.StringIO()
+    code = runpod_pods.main(
+        ["--known-ids", *keep, "--delete-unknown"],
+        run=no_pulumi,
+        ask=lambda q: "yes",
+        out=out,
+        sleep=clock.sleep,
+        now=clock.now,
+    )
+    assert code == 0
+    assert fleet["leaked"] not in emulator.live_pods()
+    assert set(keep) <= set(emulator.live_pods())
+
+
+def test_missing_key_says_where_to_get_one(emulator, monkeypatch):
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    out = io.StringIO()
+    code = runpod_pods.main(["--known-ids", "x"], run=no_pulumi, out=out)
+    assert code == 2
+    assert "RUNPOD_API_KEY" in out.getvalue()
+    assert emulator.requests == []
+
+
+def test_runs_as_a_module_against_the_emulator():
+    with RunpodEmulator(api_key=RUNPOD_KEY, clock=RealClock(), provision_s=0, start_s=0) as emu:
+        leaked = emu.add_pod("llm-endpoint-ci-0-cafef00d")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+        env |= emu.env() | {"RUNPOD_API_KEY": RUNPOD_KEY, "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scripts.runpod_pods",
+                "--known-ids",
+                "--delete-unknown",
+                "--yes",
+            ],
+            check=False,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"deleted {leaked}" in done.stdout
+        assert emu.live_pods() == []
+        assert RUNPOD_KEY not in done.stdout + done.stderr

@@ -1,0 +1,490 @@
+"""The RunPod pod provider's real code against the local RunPod emulator, one scenario per test.
+
+Every test ends with the emulator fixture's checks: no pod left running unless the test says so,
+no contract violation (requests and responses validated against RunPod's OpenAPI document), and
+no secret in captured logs or output.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import dill
+import pytest
+from pulumi.dynamic import DiffResult
+
+from infra.runpod import bootstrap
+from infra.runpod.errors import (
+    AuthError,
+    DeleteError,
+    MissingApiKeyError,
+    PlacementError,
+    PodFailedError,
+    RunpodError,
+)
+from infra.runpod.provider import RunpodPodProvider
+from tests.support.runpod_emulator import FakeClock, RunpodEmulator
+from tests.support.runpod_testing import (
+    ENDPOINT_KEY,
+    HF_TOKEN,
+    IMAGE,
+    RUNPOD_KEY,
+    SECRETS,
+    SERVING,
+    Leaks,
+    configured,
+    pod_inputs,
+)
+
+pytest_plugins = ["tests.support.runpod_fixtures"]
+
+A100_PCIE = "NVIDIA A100 80GB PCIe"
+A100_SXM = "NVIDIA A100-SXM4-80GB"
+
+
+def posts(emulator: RunpodEmulator) -> list[dict[str, Any]]:
+    return [b for m, p, b in emulator.requests if m == "POST" and p == "/v2/pods"]
+
+
+def checked(provider: RunpodPodProvider, **overrides: Any) -> dict[str, Any]:
+    result = provider.check({}, pod_inputs(**overrides))
+    assert result.failures == []
+    return result.inputs
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text
+
+
+# -- create, read, delete ------------------------------------------------------------------
+
+
+def test_create_waits_for_health_then_read_and_delete(provider, emulator, clock):
+    result = provider.create(checked(provider))
+
+    pod_id = result.id
+    outs = result.outs
+    assert outs["podId"] == pod_id
+    assert outs["endpoint"] == emulator.proxy_url_template.format(pod_id=pod_id, port=8000)
+    assert outs["gpuTypeId"] == A100_PCIE
+    assert outs["dataCenterId"] == "US-KS-2"
+    assert outs["costPerHour"] == pytest.approx(1.64)
+    assert outs["status"] == "RUNNING"
+    assert outs["podName"].startswith("llm-endpoint-test-0-")
+    # Ready means /health answered 200 through the proxy, which the emulator serves only after
+    # provisioning (30 s) + starting (30 s) + vLLM loading (60 s) in fake time.
+    assert emulator.serving(emulator.pods[pod_id])
+    assert emulator.pods[pod_id].health_hits >= 1
+    assert clock.now() - 1_000_000.0 >= 120
+
+    (body,) = posts(emulator)
+    assert body["image"] == IMAGE
+    assert shlex.split(body["args"]) == SERVING.vllm_args()
+    assert "--host" in body["args"] and "127.0.0.1" in body["args"]
+    assert body["ports"] == ["8000/http"]
+    assert body["gpu"] == {"id": A100_PCIE, "count": 1, "minCudaVersion": "13.0"}
+    assert body["cloud"] == "SECURE" and body["disk"] == 50
+    assert "dataCenterIds" not in body
+    assert body["env"]["VLLM_API_KEY"] == ENDPOINT_KEY
+    assert body["env"]["HF_TOKEN"] == HF_TOKEN
+    assert body["env"]["LLM_ENDPOINT_BOOTSTRAP_B64"] == bootstrap.b64(bootstrap.render_bootstrap())
+    assert body["env"]["LLM_ENDPOINT_PROXY_CONF_B64"] == bootstrap.b64(bootstrap.pod_proxy_config())
+    # The key travels only as the two secret env values, never in args or the proxy config.
+    assert ENDPOINT_KEY not in body["args"]
+    assert ENDPOINT_KEY not in bootstrap.pod_proxy_config()
+
+    read = provider.read(pod_id, outs)
+    assert read.id == pod_id
+    assert read.outs["status"] == "RUNNING"
+    assert read.outs["costPerHour"] == pytest.approx(1.64)
+
+    provider.delete(pod_id, outs)
+    assert emulator.live_pods() == []
+
+
+def test_create_places_in_requested_data_centers_in_order(provider, emulator):
+    emulator.faults.no_capacity = {(A100_PCIE, "US-KS-2"), (A100_PCIE, "EU-RO-1")}
+    result = provider.create(checked(provider, dataCenterIds=["US-KS-2", "EU-RO-1", "US-TX-3"]))
+
+    tried = [(b["gpu"]["id"], b["dataCenterIds"]) for b in posts(emulator)]
+    assert tried == [
+        (A100_PCIE, ["US-KS-2"]),
+        (A100_PCIE, ["EU-RO-1"]),
+        (A100_PCIE, ["US-TX-3"]),  # 400: the PCIe card is not offered there
+        (A100_SXM, ["US-KS-2"]),  # 400: nor the SXM card here
+        (A100_SXM, ["EU-RO-1"]),
+    ]
+    assert result.outs["gpuTypeId"] == A100_SXM
+    assert result.outs["dataCenterId"] == "EU-RO-1"
+    provider.delete(result.id, result.outs)
+
+
+def test_no_capacity_anywhere_creates_nothing_and_says_what_to_try(provider, emulator):
+    emulator.faults.no_capacity = {(A100_PCIE, None), (A100_SXM, None)}
+    with pytest.raises(PlacementError) as err:
+        provider.create(checked(provider))
+    message = str(err.value)
+    assert "nothing was created" in message
+    assert A100_PCIE in message and A100_SXM in message
+    assert "no longer any instances available" in message
+    assert "gpuTypeIds" in message
+    assert len(posts(emulator)) == 2
+    assert emulator.pods == {}
+
+
+def test_insufficient_balance_stops_at_once_and_names_the_hourly_cost(provider, emulator):
+    emulator.faults.insufficient_balance = True
+    with pytest.raises(PlacementError) as err:
+        provider.create(checked(provider, gpuCount=2))
+    message = str(err.value)
+    assert "insufficient balance" in message
+    assert "$3.28/hour" in message  # 2 x $1.64 from the catalog
+    assert "No pod was created" in message
+    assert len(posts(emulator)) == 1  # no other candidate tried
+    assert emulator.pods == {}
+
+
+def test_forbidden_pool_is_skipped(provider, emulator):
+    emulator.faults.forbidden_gpus = {A100_PCIE}
+    result = provider.create(checked(provider))
+    assert [b["gpu"]["id"] for b in posts(emulator)] == [A100_PCIE, A100_SXM]
+    assert result.outs["gpuTypeId"] == A100_SXM
+    provider.delete(result.id, result.outs)
+
+
+def test_rate_limit_waits_for_retry_after(provider, emulator, clock):
+    emulator.faults.rate_limited = {"POST /v2/pods": 2}
+    emulator.faults.retry_after_s = 7
+    result = provider.create(checked(provider))
+    assert clock.slept[:2] == [7.0, 7.0]
+    assert len(posts(emulator)) == 3
+    assert len(emulator.pods) == 1
+    provider.delete(result.id, result.outs)
+
+
+def test_5xx_before_creating_looks_up_by_name_then_retries(provider, emulator):
+    emulator.faults.create_5xx_before = 1
+    result = provider.create(checked(provider))
+    bodies = posts(emulator)
+    assert len(bodies) == 2
+    assert bodies[0]["name"] == bodies[1]["name"] == result.outs["podName"]
+    lookups = [p for m, p, _ in emulator.requests if m == "GET" and p == "/v2/pods"]
+    assert lookups, "the pod must be looked up by name before the POST is repeated"
+    assert len(emulator.pods) == 1
+    provider.delete(result.id, result.outs)
+
+
+@pytest.mark.parametrize("fault", ["create_5xx_after", "create_lost_after"])
+def test_failed_answer_after_creating_finds_the_pod_instead_of_a_duplicate(
+    provider, emulator, fault
+):
+    setattr(emulator.faults, fault, 1)
+    result = provider.create(checked(provider))
+    assert len(posts(emulator)) == 1
+    assert list(emulator.pods) == [result.id]
+    assert result.outs["status"] == "RUNNING"
+    provider.delete(result.id, result.outs)
+
+
+def test_api_failing_on_every_create_gives_up_without_orphans(provider, emulator):
+    emulator.faults.create_5xx_before = 10
+    with pytest.raises(PlacementError) as err:
+        provider.create(checked(provider))
+    assert "kept failing" in str(err.value)
+    assert "nothing is billing" in str(err.value)
+    assert len(posts(emulator)) == 3
+    assert emulator.pods == {}
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_422_names_the_offending_fields_and_is_not_retried(provider, emulator, echo):
+    emulator.faults.invalid_422 = True
+    emulator.faults.echo_secret_in_422 = echo
+    with pytest.raises(RunpodError) as err:
+        provider.create(checked(provider))
+    assert "$.disk" in str(err.value)
+    assert_no_secret(str(err.value))
+    assert ("<secret>" in str(err.value)) is echo
+    assert "retrying will not help" in str(err.value)
+    assert len(posts(emulator)) == 1
+
+
+# -- readiness failures: the pod is deleted before the error ---------------------------------
+
+
+def test_pod_stuck_provisioning_is_deleted_at_the_deadline(provider, emulator, clock):
+    emulator.faults.stuck_provisioning = True
+    with pytest.raises(PodFailedError) as err:
+        provider.create(checked(provider, readyTimeoutMinutes=20))
+    message = str(err.value)
+    assert "not serving within 20 minutes" in message
+    assert "status PROVISIONING" in message
+    assert "$1.64/h" in message and "roughly $0.5" in message  # ~20 min at $1.64/h
+    assert "has been deleted" in message
+    assert emulator.live_pods() == []
+    assert 20 * 60 <= clock.now() - 1_000_000.0 < 20 * 60 + 60
+
+
+def test_pod_that_goes_error_is_deleted(provider, emulator):
+    emulator.faults.error_after_start = True
+    with pytest.raises(PodFailedError) as err:
+        provider.create(checked(provider))
+    assert "went ERROR" in str(err.value)
+    assert emulator.live_pods() == []
+    assert any(m == "DELETE" for m, _, _ in emulator.requests)
+
+
+def test_pod_that_never_serves_health_is_deleted(provider, emulator):
+    emulator.faults.never_healthy = True
+    with pytest.raises(PodFailedError) as err:
+        provider.create(checked(provider, readyTimeoutMinutes=5))
+    assert "/health answered 502" in str(err.value)
+    assert emulator.live_pods() == []
+
+
+def test_pod_that_vanishes_while_starting_fails_and_read_drops_it(provider, emulator):
+    emulator.faults.vanish_after_s = 45
+    with pytest.raises(PodFailedError) as err:
+        provider.create(checked(provider))
+    assert "disappeared" in str(err.value)
+    assert emulator.live_pods() == []
+
+
+def test_read_of_a_pod_terminated_elsewhere_returns_empty_id(provider, emulator, clock):
+    result = provider.create(checked(provider))
+    emulator.pods.pop(result.id)  # terminated from the console
+    read = provider.read(result.id, result.outs)
+    assert read.id == ""
+    assert read.outs == {}
+
+
+def test_running_without_runtime_is_not_ready_even_if_health_answers(provider, emulator, clock):
+    emulator.faults.runtime_null_s = 300
+    result = provider.create(checked(provider))
+    pod = emulator.pods[result.id]
+    # RUNNING from 60 s, runtime only from 360 s: readiness waited for both.
+    assert clock.now() - pod.created_at >= 360
+    assert result.outs["status"] == "RUNNING"
+    provider.delete(result.id, result.outs)
+
+
+def test_transient_5xx_while_polling_is_retried(provider, emulator):
+    emulator.faults.get_5xx = 2
+    result = provider.create(checked(provider))
+    assert result.outs["status"] == "RUNNING"
+    provider.delete(result.id, result.outs)
+
+
+# -- delete ----------------------------------------------------------------------------------
+
+
+def test_slow_delete_is_polled_until_gone(provider, emulator, clock):
+    result = provider.create(checked(provider))
+    emulator.faults.delete_takes_s = 40
+    emulator.faults.delete_5xx = 1
+    emulator.faults.rate_limited = {"DELETE /v2/pods/{id}": 1}
+    before = clock.now()
+    provider.delete(result.id, result.outs)
+    assert emulator.live_pods() == []
+    assert clock.now() - before >= 40
+    assert [p["status"] for p in _list(emulator) if p["id"] == result.id] in ([], ["TERMINATED"])
+
+
+def test_delete_of_a_pod_already_gone_succeeds(provider, emulator):
+    result = provider.create(checked(provider))
+    emulator.pods.pop(result.id)
+    provider.delete(result.id, result.outs)
+    assert emulator.live_pods() == []
+
+
+def test_unconfirmed_delete_is_an_error(provider, emulator, leaks: Leaks):
+    result = provider.create(checked(provider))
+    emulator.faults.delete_ignored = True
+    leaks.allowed.add(result.id)
+    with pytest.raises(DeleteError) as err:
+        provider.delete(result.id, result.outs)
+    assert "may still be billing" in str(err.value)
+    assert result.id in str(err.value)
+    assert emulator.live_pods() == [result.id]
+    repeats = [m for m, p, _ in emulator.requests if m == "DELETE"]
+    assert len(repeats) > 1  # the delete was asked again while waiting
+
+
+def _list(emulator: RunpodEmulator) -> list[dict[str, Any]]:
+    from infra.runpod.client import RunpodClient
+
+    with RunpodClient(RUNPOD_KEY, base_url=emulator.base_url) as client:
+        return client.list_pods()
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+def test_missing_runpod_key_says_where_to_set_it(clock, emulator):
+    provider = configured(RunpodPodProvider(now=clock.now, sleep=clock.sleep), key=None)
+    with pytest.raises(MissingApiKeyError) as err:
+        provider.create(checked(provider))
+    assert "pulumi config set --secret runpodApiKey" in str(err.value)
+    assert "RUNPOD_API_KEY" in str(err.value)
+    assert emulator.requests == []
+
+
+def test_key_from_environment_is_used_when_config_has_none(clock, emulator, monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", RUNPOD_KEY)
+    provider = configured(RunpodPodProvider(now=clock.now, sleep=clock.sleep), key=None)
+    result = provider.create(checked(provider))
+    assert result.outs is not None and result.outs["status"] == "RUNNING"
+    provider.delete(result.id, result.outs)
+    assert emulator.live_pods() == []
+
+
+def test_rejected_runpod_key_says_where_to_set_it(clock, emulator):
+    provider = configured(
+        RunpodPodProvider(now=clock.now, sleep=clock.sleep), key="rpa_WrongKey000000000000"
+    )
+    with pytest.raises(AuthError) as err:
+        provider.read("abc", {})
+    assert "rejected the API key" in str(err.value)
+    assert "pulumi config set --secret runpodApiKey" in str(err.value)
+    assert "rpa_WrongKey" not in str(err.value)
+
+
+# -- check, diff, update ---------------------------------------------------------------------
+
+
+def test_check_names_each_bad_field(provider, emulator):
+    bad = pod_inputs(
+        gpuTypeIds=[],
+        gpuCount=9,
+        cloud="PUBLIC",
+        containerDiskGb=20,
+        volumeGb=5,
+        minCudaVersion="13",
+        readyTimeoutMinutes=0,
+        image="vllm/vllm-openai:latest",
+    )
+    failures = {f.property: f.reason for f in provider.check({}, bad).failures}
+    assert set(failures) == {
+        "gpuTypeIds",
+        "gpuCount",
+        "cloud",
+        "volumeGb",
+        "minCudaVersion",
+        "readyTimeoutMinutes",
+        "image",
+        "containerDiskGb",  # volumeGb 5 is invalid, so 20 GB must hold the weights too
+    }
+    small = provider.check({}, pod_inputs(containerDiskGb=20)).failures
+    assert [(f.property, "at least 29" in f.reason) for f in small] == [("containerDiskGb", True)]
+    with_volume = provider.check({}, pod_inputs(containerDiskGb=20, volumeGb=30)).failures
+    assert with_volume == []
+    no_key = pod_inputs()
+    del no_key["apiKey"]
+    assert [f.property for f in provider.check({}, no_key).failures] == ["apiKey"]
+    for f in provider.check({}, pod_inputs(apiKey="short")).failures:
+        assert_no_secret(f.reason)
+
+
+def test_diff_marks_replacements_and_in_place_changes(provider, emulator):
+    olds = {
+        **checked(provider),
+        "__provider": "serialized-a",
+        "podId": "p1",
+        "gpuTypeId": A100_PCIE,
+        "dataCenterId": "US-KS-2",
+    }
+
+    def diff(**changes: Any) -> DiffResult:
+        news = {**checked(provider, **changes), "__provider": "serialized-b"}
+        result: DiffResult = provider.diff("p1", olds, news)
+        return result
+
+    same = diff()
+    assert same.changes is False and same.replaces == []  # __provider is not compared
+
+    image = diff(image="ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy2")
+    assert image.changes is True and image.replaces == []
+
+    key = diff(apiKey="AnotherEndpointKey-0123456789abcdefghijklmnop")
+    assert key.changes is True and key.replaces == []
+
+    count = diff(gpuCount=2)
+    assert count.replaces == ["gpuCount"]
+    assert count.delete_before_replace is False
+
+    assert diff(cloud="COMMUNITY").replaces == ["cloud"]
+    assert diff(volumeGb=40).replaces == ["volumeGb"]
+
+    still_fits = diff(gpuTypeIds=[A100_SXM, A100_PCIE])
+    assert still_fits.changes is True and still_fits.replaces == []
+    assert diff(gpuTypeIds=[A100_SXM]).replaces == ["gpuTypeIds"]
+    assert diff(dataCenterIds=["US-KS-2", "EU-RO-1"]).replaces == []
+    assert diff(dataCenterIds=["EU-RO-1"]).replaces == ["dataCenterIds"]
+    assert diff(readyTimeoutMinutes=30).replaces == []
+
+
+def test_update_in_place_patches_and_waits_until_serving_again(provider, emulator, clock):
+    created = provider.create(checked(provider))
+    olds = {**created.outs, "__provider": "x"}
+    new_image = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy2"
+    news = checked(provider, image=new_image, readyTimeoutMinutes=25)
+    before = clock.now()
+
+    updated = provider.update(created.id, olds, news)
+
+    patches = [(p, b) for m, p, b in emulator.requests if m == "PATCH"]
+    assert len(patches) == 1
+    path, body = patches[0]
+    assert path == f"/v2/pods/{created.id}"
+    assert body["image"] == new_image
+    assert body["env"]["VLLM_API_KEY"] == ENDPOINT_KEY
+    assert "disk" not in body
+    assert updated.outs["image"] == new_image
+    assert updated.outs["readyTimeoutMinutes"] == 25
+    assert updated.outs["podId"] == created.id
+    assert clock.now() - before >= 90  # restarted container had to come up again
+    assert list(emulator.pods) == [created.id]  # same pod, no replacement
+    provider.delete(created.id, updated.outs)
+
+
+def test_update_of_state_only_fields_makes_no_api_change(provider, emulator):
+    created = provider.create(checked(provider))
+    news = checked(provider, readyTimeoutMinutes=30, gpuTypeIds=[A100_SXM, A100_PCIE])
+    updated = provider.update(created.id, created.outs, news)
+    assert not [m for m, _, _ in emulator.requests if m == "PATCH"]
+    assert updated.outs["readyTimeoutMinutes"] == 30
+    assert updated.outs["gpuTypeIds"] == [A100_SXM, A100_PCIE]
+    assert updated.outs["podId"] == created.id
+    provider.delete(created.id, updated.outs)
+
+
+# -- provider rules --------------------------------------------------------------------------
+
+
+def test_provider_pickles_without_key_or_client(clock: FakeClock):
+    provider = RunpodPodProvider()
+    configured(provider)
+    data = dill.dumps(provider, recurse=True)
+    assert RUNPOD_KEY.encode() not in data
+    restored = dill.loads(data)  # noqa: S301 (bytes made just above)
+    assert isinstance(restored, RunpodPodProvider)
+    assert restored._api_key is None
+    assert not any("Session" in type(v).__name__ for v in vars(restored).values())
+
+
+def test_one_provider_instance_serves_four_threads_at_once(provider, emulator):
+    """FACTS.md (Pulumi): the host calls one provider instance from a pool of 4 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [checked(provider, name=f"llm-endpoint-test-{i}") for i in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        created = list(pool.map(provider.create, inputs))
+    ids = {c.id for c in created}
+    assert len(ids) == 4 and set(emulator.live_pods()) == ids
+    assert len({c.outs["podName"] for c in created}) == 4
+    assert len(posts(emulator)) == 4  # no duplicate creates
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda c: provider.delete(c.id, c.outs), created))
+    assert emulator.live_pods() == []
