@@ -88,6 +88,29 @@ def stack_targets(stack: str) -> set[str]:
     return {t for t in ("gcp", "runpod") if f"\n  llm-endpoint:{t}:" in f"\n{text}"}
 
 
+# Values the shipped stack files carry as examples: deploying with them would target a project
+# that is not yours and open the endpoint to a documentation range (RFC 5737) only.
+EXAMPLE_VALUES = {
+    "project: llm-endpoint-dev": (
+        "pulumi config set --stack {stack} --path 'llm-endpoint:gcp.project' YOUR_PROJECT_ID"
+    ),
+    "- 203.0.113.0/24": (
+        "pulumi config set --stack {stack} --path 'llm-endpoint:gcp.allowedSourceRanges[0]' "
+        "YOUR.PUBLIC.IP.ADDR/32"
+    ),
+}
+
+
+def check_example_values(stack: str) -> None:
+    text = (PROJECT_ROOT / f"Pulumi.{stack}.yaml").read_text()
+    fixes = [fix.format(stack=stack) for marker, fix in EXAMPLE_VALUES.items() if marker in text]
+    if fixes:
+        raise DeployError(
+            f"Pulumi.{stack}.yaml still has the shipped example values. Set yours first:\n  "
+            + "\n  ".join(fixes)
+        )
+
+
 def check_credentials(targets: set[str], env: dict[str, str]) -> None:
     if "gcp" in targets:
         adc = env.get("GOOGLE_APPLICATION_CREDENTIALS") or str(
@@ -123,6 +146,8 @@ def deploy(stack: str, yes: bool, env: dict[str, str]) -> None:
     targets = stack_targets(stack)
     if not targets:
         raise DeployError(f"Pulumi.{stack}.yaml declares neither llm-endpoint:gcp nor :runpod.")
+    if "gcp" in targets:
+        check_example_values(stack)
     check_credentials(targets, env)
     uv = ensure_uv(env)
     pulumi = ensure_pulumi(env)

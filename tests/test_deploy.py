@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 import sys
@@ -28,6 +29,22 @@ def make_tool(directory: Path, name: str) -> None:
     tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
 
 
+def copy_project(target: Path, own_values: bool) -> Path:
+    """The deploy command with the shipped stack files, in a throwaway project directory (it
+    finds its project from its own location). With `own_values`, the dev stack file carries a
+    user's project and range instead of the shipped examples, as after the README's setup."""
+    (target / "scripts").mkdir(parents=True)
+    for name in ("__init__.py", "deploy.py"):
+        shutil.copy(PROJECT_ROOT / "scripts" / name, target / "scripts" / name)
+    for stack_file in PROJECT_ROOT.glob("Pulumi*.yaml"):
+        text = stack_file.read_text()
+        if own_values:
+            text = text.replace("project: llm-endpoint-dev", "project: acme-ml-prod")
+            text = text.replace("- 203.0.113.0/24", "- 198.51.100.7/32")
+        (target / stack_file.name).write_text(text)
+    return target
+
+
 @pytest.fixture
 def sandbox(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
@@ -39,13 +56,14 @@ def sandbox(tmp_path: Path) -> dict[str, str]:
         "HOME": str(home),
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "CALL_LOG": str(tmp_path / "calls.log"),
+        "PROJECT": str(copy_project(tmp_path / "project", own_values=True)),
     }
 
 
 def deploy(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scripts.deploy", *args],
-        cwd=PROJECT_ROOT,
+        cwd=env["PROJECT"],
         env=env,
         capture_output=True,
         text=True,
@@ -63,6 +81,20 @@ def test_without_gcp_credentials_nothing_runs(sandbox: dict[str, str]) -> None:
     result = deploy(sandbox, "dev")
     assert result.returncode == 1
     assert "gcloud auth application-default login" in result.stderr
+    assert calls(sandbox) == []
+
+
+def test_shipped_example_values_are_refused_before_anything_runs(
+    sandbox: dict[str, str], tmp_path: Path
+) -> None:
+    adc = Path(sandbox["HOME"]) / ".config/gcloud/application_default_credentials.json"
+    adc.write_text("{}")
+    sandbox["PROJECT"] = str(copy_project(tmp_path / "as-shipped", own_values=False))
+    result = deploy(sandbox, "dev", "--yes")
+    assert result.returncode == 1
+    assert "still has the shipped example values" in result.stderr
+    assert "--path 'llm-endpoint:gcp.project' YOUR_PROJECT_ID" in result.stderr
+    assert "--path 'llm-endpoint:gcp.allowedSourceRanges[0]'" in result.stderr
     assert calls(sandbox) == []
 
 
@@ -128,7 +160,7 @@ def test_missing_tools_are_installed(sandbox: dict[str, str], tmp_path: Path) ->
             "raise SystemExit(d.main(['dev', '--yes']))",
             str(fake_python),
         ],
-        cwd=PROJECT_ROOT,
+        cwd=env["PROJECT"],
         env=env,
         capture_output=True,
         text=True,
@@ -151,17 +183,14 @@ def test_unknown_stack_names_the_shipped_ones(sandbox: dict[str, str]) -> None:
     assert "Pulumi.dev.yaml" in result.stderr
 
 
-def test_stack_targets_reads_the_stack_files() -> None:
+def test_stack_targets_reads_the_shipped_stack_files() -> None:
     from scripts.deploy import stack_targets
 
     assert stack_targets("dev") == {"gcp"}
-    if (PROJECT_ROOT / "Pulumi.runpod.yaml").exists():
-        assert "runpod" in stack_targets("runpod")
+    assert stack_targets("runpod") == {"runpod"}
 
 
 def test_runpod_stack_without_key_stops_before_up(sandbox: dict[str, str]) -> None:
-    if not (PROJECT_ROOT / "Pulumi.runpod.yaml").exists():
-        pytest.skip("no RunPod stack file yet")
     result = deploy(sandbox, "runpod")
     assert result.returncode == 1
     assert "pulumi config set --secret runpodApiKey" in result.stderr
