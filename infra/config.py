@@ -362,15 +362,16 @@ class _KeyError(ValueError):
         self.value = value
 
 
-def _display(key_path: str, value: Any) -> str:
+def _display(key_path: str, value: Any, secret_keys: frozenset[str]) -> str:
     if value is None:
         return "(not set)"
-    if key_path.rsplit(".", maxsplit=1)[-1] in SECRET_KEYS:
+    top = key_path.split(".", 1)[0]
+    if key_path.rsplit(".", maxsplit=1)[-1] in SECRET_KEYS or top in secret_keys:
         return "<secret>"
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _format_errors(err: ValidationError, raw: Mapping[str, Any]) -> str:
+def _format_errors(err: ValidationError, secret_keys: frozenset[str]) -> str:
     lines = []
     for e in err.errors(include_url=False):
         path = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
@@ -386,22 +387,21 @@ def _format_errors(err: ValidationError, raw: Mapping[str, Any]) -> str:
         elif e["type"] == "missing":
             message = "required but not set"
             value = None
-        if path.endswith(tuple(f".{i}" for i in range(100))):
-            path = path.rsplit(".", 1)[0]
         key = f"{PROJECT}:{path}" if path else PROJECT
-        lines.append(f"  - {key} = {_display(path, value)}: {message}")
+        lines.append(f"  - {key} = {_display(path, value, secret_keys)}: {message}")
     count = len(lines)
     return f"Invalid stack configuration ({count} problem{'s' if count > 1 else ''}):\n" + (
         "\n".join(lines)
     )
 
 
-def parse(raw: Mapping[str, Any]) -> StackConfig:
-    """Validate the namespace's keys (already JSON-decoded) into a StackConfig."""
+def parse(raw: Mapping[str, Any], secret_keys: frozenset[str] = frozenset()) -> StackConfig:
+    """Validate the namespace's keys (already JSON-decoded) into a StackConfig. Values of
+    `secret_keys` (keys set with --secret, even under a misspelt name) are never shown."""
     try:
         return StackConfig.model_validate(dict(raw))
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, raw)) from None
+        raise ConfigError(_format_errors(err, secret_keys)) from None
 
 
 def _raw_namespace() -> dict[str, Any]:
@@ -427,17 +427,12 @@ def _raw_namespace() -> dict[str, Any]:
 
 def load() -> StackConfig:
     """Read and validate this stack's config. Raises ConfigError with every problem at once."""
-    return parse(_raw_namespace())
-
-
-def secret_keys_set(cfg: StackConfig) -> dict[str, str]:
-    """The secret values the stack has, by key, for redaction checks and resource inputs."""
-    return {
-        k: v
-        for k, v in (
-            ("apiKey", cfg.api_key),
-            ("hfToken", cfg.hf_token),
-            ("runpodApiKey", cfg.runpod_api_key),
-        )
-        if v
+    prefix = f"{PROJECT}:"
+    # The engine names secret keys in PULUMI_CONFIG_SECRET_KEYS; set_all_config (the mock
+    # runtime) keeps them in the SDK's own set, which has no public getter.
+    secret = {
+        k[len(prefix) :]
+        for k in (*runtime_config.get_config_secret_keys_env(), *runtime_config._SECRET_KEYS.get())
+        if k.startswith(prefix)
     }
+    return parse(_raw_namespace(), frozenset(secret))

@@ -233,6 +233,18 @@ def test_secret_values_are_never_echoed_in_errors() -> None:
     assert "with space" not in message
 
 
+def test_a_secret_under_a_misspelt_key_is_not_echoed() -> None:
+    """`pulumi config set --secret apiKeyy ...` is an unknown key, and still a secret."""
+    runtime_config.set_all_config(
+        {"llm-endpoint:gcp": json.dumps(GCP_OK), "llm-endpoint:apiKeyy": "s3cr3t-value-here"},
+        ["llm-endpoint:apiKeyy"],
+    )
+    with pytest.raises(config.ConfigError) as err:
+        config.load()
+    assert "llm-endpoint:apiKeyy = <secret>: unknown key" in str(err.value)
+    assert "s3cr3t-value-here" not in str(err.value)
+
+
 def test_world_open_is_allowed_with_the_opt_in() -> None:
     cfg = config.parse(gcp(allowedSourceRanges=["0.0.0.0/0", "::/0"], allowWorldOpen=True))
     assert cfg.gcp is not None
