@@ -15,7 +15,20 @@ from infra.startup_script import StartupParams, render_startup_script
 # FACTS.md (Google Cloud): Secret Manager from the VM needs the cloud-platform scope; what the
 # VM may actually do is bounded by its service account's IAM roles, not by the scope.
 _CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-_REQUIRED_APIS = ("compute.googleapis.com", "secretmanager.googleapis.com")
+# IAM and Resource Manager serve the service account and the project-level grant; a fresh
+# project may have none of these on.
+_REQUIRED_APIS = (
+    "compute.googleapis.com",
+    "secretmanager.googleapis.com",
+    "iam.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+)
+# Firewall priorities: lower wins. The allow rules beat the deny rules, and the deny rules beat
+# the default network's own rules (default-allow-ssh opens tcp:22 to 0.0.0.0/0 at 65534, and
+# default-allow-internal opens every port to the VPC), so only the configured ranges get in.
+_ALLOW_PRIORITY = 900
+_DENY_PRIORITY = 1000
+_WORLD = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 class GcpVllmVm(pulumi.ComponentResource):
@@ -66,7 +79,7 @@ class GcpVllmVm(pulumi.ComponentResource):
             account_id=names.slug(base, "vm", max_len=30),
             display_name=f"llm-endpoint VM ({stack})",
             description="Runs the vLLM VM: reads its own secrets and writes logs, nothing else.",
-            opts=child,
+            opts=after_apis,
         )
         member = account.email.apply(lambda email: f"serviceAccount:{email}")
         grants: list[pulumi.Resource] = [
@@ -75,7 +88,7 @@ class GcpVllmVm(pulumi.ComponentResource):
                 project=g.project,
                 role="roles/logging.logWriter",
                 member=member,
-                opts=child,
+                opts=after_apis,
             )
         ]
 
@@ -128,7 +141,7 @@ class GcpVllmVm(pulumi.ComponentResource):
             base=base,
             g=g,
             tag=tag,
-            port="8000",
+            port=str(serving.PUBLIC_PORT),
             ranges=g.allowed_source_ranges,
             opts=after_apis,
         )
@@ -138,6 +151,24 @@ class GcpVllmVm(pulumi.ComponentResource):
         if ssh_ranges:
             self._firewall(
                 name=name, base=base, g=g, tag=tag, port="22", ranges=ssh_ranges, opts=after_apis
+            )
+        for family, world in _WORLD.items():
+            suffix = "" if family == 4 else "-v6"
+            gcp.compute.Firewall(
+                f"{name}-deny-rest{suffix}",
+                name=names.slug(base, "deny-rest", suffix),
+                network=g.network,
+                direction="INGRESS",
+                priority=_DENY_PRIORITY,
+                denies=[
+                    gcp.compute.FirewallDenyArgs(
+                        protocol="tcp", ports=["22", str(serving.PUBLIC_PORT)]
+                    )
+                ],
+                source_ranges=[world],
+                target_tags=[tag],
+                description="llm-endpoint: SSH and the endpoint only from the ranges allowed above",
+                opts=after_apis,
             )
 
         if g.spot:
@@ -230,8 +261,9 @@ class GcpVllmVm(pulumi.ComponentResource):
         self.model = spec.served_model_name
         self.estimated_cost = estimate.describe()
         self.estimated_usd_per_hour = estimate.usd_per_hour
+        wait_seconds = g.ready_timeout_minutes * 60
         self.smoke_test_command = address.address.apply(
-            lambda ip: smoke_test_command(ip, spec.served_model_name)
+            lambda ip: smoke_test_command(ip, spec.served_model_name, wait_seconds)
         )
         self.register_outputs(
             {
@@ -264,6 +296,7 @@ class GcpVllmVm(pulumi.ComponentResource):
                 name=names.slug(base, "allow", suffix),
                 network=g.network,
                 direction="INGRESS",
+                priority=_ALLOW_PRIORITY,
                 allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[port])],
                 source_ranges=family_ranges,
                 target_tags=[tag],
@@ -272,10 +305,12 @@ class GcpVllmVm(pulumi.ComponentResource):
             )
 
 
-def smoke_test_command(ip: str, model: str) -> str:
+def smoke_test_command(ip: str, model: str, wait_seconds: int) -> str:
     """The command README and the stack output give: the key comes from the stack's state
-    through the environment, never on the command line; `--wait` covers the first boot."""
+    through the environment, never on the command line; `--wait` is the VM's own ready
+    deadline, so the smoke test does not give up on a boot the VM still waits for."""
     return (
         'VLLM_API_KEY="$(pulumi stack output api_key --show-secrets)" '
-        f"python -m scripts.smoke_test {shlex.quote(ip)} --model {shlex.quote(model)} --wait 1800"
+        f"python -m scripts.smoke_test {shlex.quote(ip)} --model {shlex.quote(model)} "
+        f"--wait {wait_seconds}"
     )

@@ -79,10 +79,11 @@ class ServingSpec:
     image: str = VLLM_IMAGE
 
     def vllm_args(self, host: str = "127.0.0.1", port: int = VLLM_INTERNAL_PORT) -> list[str]:
-        """Arguments after `vllm serve` (the image's entrypoint). The key is read from the
+        """Arguments after `vllm serve` (the image's entrypoint). The model comes first and
+        positionally (`vllm serve <model_tag>`), the documented form: recent releases warn that
+        the `--model` option of `vllm serve` is to be removed. The key is read from the
         VLLM_API_KEY environment variable, so it is not on any command line."""
         return [
-            "--model",
             self.model,
             "--served-model-name",
             self.served_model_name,

@@ -20,6 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 UV_VERSION = "0.13.9"
 PULUMI_INSTALLER = "https://get.pulumi.com"
 STATE_DIR = "~/.pulumi-llm-endpoint"  # the file backend Pulumi.yaml names
+# Kept apart from the state it decrypts: one copy of the state directory must not be enough.
+PASSPHRASE_FILE = "~/.config/llm-endpoint/passphrase"  # noqa: S105 (a path, not a secret)
 
 
 class DeployError(Exception):
@@ -128,9 +130,8 @@ def ensure_passphrase(env: dict[str, str]) -> None:
     where it is, since losing it means losing access to the stack's secrets."""
     if env.get("PULUMI_CONFIG_PASSPHRASE") or env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
         return
-    state = Path(STATE_DIR.replace("~", env["HOME"], 1))
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    passphrase = state / "passphrase"
+    passphrase = Path(PASSPHRASE_FILE.replace("~", env["HOME"], 1))
+    passphrase.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not passphrase.exists():
         fd = os.open(passphrase, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

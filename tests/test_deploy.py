@@ -111,11 +111,14 @@ def test_deploys_the_stack_in_order_and_makes_a_private_passphrase(
         "pulumi up --stack dev --yes",
         "pulumi stack output smoke_test_command --stack dev",
     ]
-    passphrase = Path(sandbox["HOME"]) / ".pulumi-llm-endpoint" / "passphrase"
+    passphrase = Path(sandbox["HOME"]) / ".config" / "llm-endpoint" / "passphrase"
     assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
     assert len(passphrase.read_text().strip()) >= 40
     assert passphrase.read_text().strip() not in result.stdout + result.stderr
     assert "Back it up" in result.stdout
+    # Not beside the state it decrypts.
+    assert (Path(sandbox["HOME"]) / ".pulumi-llm-endpoint").is_dir()
+    assert list((Path(sandbox["HOME"]) / ".pulumi-llm-endpoint").iterdir()) == []
     assert "python -m scripts.smoke_test 203.0.113.10" in result.stdout
 
 
@@ -127,7 +130,7 @@ def test_existing_passphrase_is_used_and_no_prompt_is_skipped_by_default(
     sandbox["PULUMI_CONFIG_PASSPHRASE"] = "from-the-user"
     assert deploy(sandbox, "dev").returncode == 0
     assert "pulumi up --stack dev" in calls(sandbox)
-    assert not (Path(sandbox["HOME"]) / ".pulumi-llm-endpoint" / "passphrase").exists()
+    assert not (Path(sandbox["HOME"]) / ".config" / "llm-endpoint" / "passphrase").exists()
 
 
 def test_missing_tools_are_installed(sandbox: dict[str, str], tmp_path: Path) -> None:

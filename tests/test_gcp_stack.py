@@ -35,7 +35,16 @@ SECRET_ACCESSOR = "gcp:secretmanager/secretIamMember:SecretIamMember"
 
 
 def firewall_rules(mocks: RecordingMocks, port: str) -> list[dict[str, Any]]:
-    return [r.inputs for r in mocks.of_type(FIREWALL) if r.inputs["allows"][0]["ports"] == [port]]
+    """The allow rules for one port."""
+    return [
+        r.inputs
+        for r in mocks.of_type(FIREWALL)
+        if "allows" in r.inputs and r.inputs["allows"][0]["ports"] == [port]
+    ]
+
+
+def deny_rules(mocks: RecordingMocks) -> list[dict[str, Any]]:
+    return [r.inputs for r in mocks.of_type(FIREWALL) if "denies" in r.inputs]
 
 
 def plain(v: Any) -> Any:
@@ -63,6 +72,8 @@ async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> N
     assert {r.inputs["service"] for r in mocks.of_type("gcp:projects/service:Service")} == {
         "compute.googleapis.com",
         "secretmanager.googleapis.com",
+        "iam.googleapis.com",
+        "cloudresourcemanager.googleapis.com",
     }
 
     account = mocks.one("gcp:serviceaccount/account:Account").inputs
@@ -95,7 +106,16 @@ async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> N
     [ssh_rule] = firewall_rules(mocks, "22")
     assert ssh_rule["sourceRanges"] == [IAP_SSH_RANGE]
     assert ssh_rule["targetTags"] == [tag]
-    assert len(mocks.of_type(FIREWALL)) == 2
+    # The default network opens tcp:22 to the world (default-allow-ssh, priority 65534) and
+    # every port to the VPC: deny rules on the VM's tag close both, below the allow rules.
+    denies = deny_rules(mocks)
+    assert sorted(d["sourceRanges"][0] for d in denies) == ["0.0.0.0/0", "::/0"]
+    for deny in denies:
+        assert deny["denies"] == [{"protocol": "tcp", "ports": ["22", "8000"]}]
+        assert deny["targetTags"] == [tag]
+        assert deny["priority"] > api_rule["priority"] == ssh_rule["priority"]
+        assert deny["priority"] < 65534
+    assert len(mocks.of_type(FIREWALL)) == 4
 
     assert vm["machineType"] == "a2-highgpu-1g"
     assert vm["zone"] == "us-central1-a"
@@ -133,7 +153,7 @@ async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> N
     assert await value(outputs["api_key"]) == MOCK_GENERATED_KEY
     command = await value(outputs["smoke_test_command"])
     assert command.endswith(
-        f"python -m scripts.smoke_test {MOCK_IP} --model Qwen/Qwen2.5-7B-Instruct --wait 1800"
+        f"python -m scripts.smoke_test {MOCK_IP} --model Qwen/Qwen2.5-7B-Instruct --wait 2700"
     )
     assert "pulumi stack output api_key --show-secrets" in command
     assert MOCK_GENERATED_KEY not in command
@@ -188,6 +208,7 @@ async def test_custom_ranges_split_by_ip_family_and_ssh_only_when_configured() -
         ("2001:db8::/48",),
     ]
     assert firewall_rules(mocks, "22") == []
+    assert len(deny_rules(mocks)) == 2  # SSH stays closed, even on the default network
 
 
 @stack_test

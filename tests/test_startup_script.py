@@ -902,7 +902,7 @@ def test_stack_config_values_reach_the_script(sandbox: Sandbox) -> None:
     argv = run.container_run("llm-vllm")
     vllm_args = argv[argv.index(VLLM_IMAGE) + 1 :]
     assert vllm_args[vllm_args.index("--tensor-parallel-size") + 1] == "2"
-    assert vllm_args[vllm_args.index("--model") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert vllm_args[0] == "meta-llama/Llama-3.1-8B-Instruct"  # `vllm serve <model_tag>`
     env_file = sandbox.root / "etc/llm-endpoint/vllm.env"
     assert env_file.read_text() == f"VLLM_API_KEY={API_KEY}\nHF_TOKEN={HF_TOKEN}\n"
 
