@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,6 +203,19 @@ def test_auth_not_enforced(smoke):
     assert "Result: FAIL" in run.out
 
 
+def test_key_refused_with_403_is_not_what_clients_expect(smoke):
+    # A gateway that checks keys itself but answers 403: refused, yet not the deployment's
+    # proxy (which answers 401, as vLLM does), and OpenAI-compatible clients expect 401.
+    with run_standin(StandinConfig.deployed(api_key=KEY, unauthorized_status=403)) as vllm:
+        run = smoke([vllm.url])
+    assert run.code == 1
+    assert " FAIL " in run.line(3)
+    assert "no key -> 403, wrong key -> 403 (expected 401 for both) [auth-status]" in run.line(3)
+    assert "OpenAI-compatible clients expect 401" in run.flat
+    assert "the deployment's proxy answers 401 on /v1/" in run.flat
+    assert " PASS " in run.line(5)  # the real key works; only the refusals are off
+
+
 def test_wrong_key_is_reported_as_refused(smoke):
     with run_standin(StandinConfig.deployed(api_key="the-real-key")) as vllm:
         run = smoke([vllm.url])
@@ -282,6 +296,65 @@ def test_slow_completion_times_out(smoke):
     assert completion["failure_class"] == "timeout"
     assert "no answer within 0.3s" in completion["detail"]
     assert report["checks"][6]["status"] == "PASS"
+
+
+# --- --timeout bounds a request as a whole --------------------------------------------------------
+# Each of these servers sends something more often than --timeout, so a bound on each read alone
+# would wait forever; pytest's timeout turns such a hang into a failure.
+
+TRICKLE_TIMEOUT_S = 0.5
+
+
+def _timed_smoke(smoke, argv: list[str]) -> tuple[Run, float]:
+    started = time.monotonic()
+    run = smoke(argv)
+    return run, time.monotonic() - started
+
+
+@pytest.mark.timeout(10)
+def test_stream_kept_alive_without_done_times_out(smoke):
+    config = StandinConfig.deployed(api_key=KEY, stream_keepalive=0.05)
+    with run_standin(config) as vllm:
+        run, took = _timed_smoke(smoke, [vllm.url, "--timeout", str(TRICKLE_TIMEOUT_S)])
+        as_json, _ = _timed_smoke(smoke, [vllm.url, "--timeout", str(TRICKLE_TIMEOUT_S), "--json"])
+    assert run.code == 1
+    line = run.line(7)
+    assert " FAIL " in line
+    assert "no data: [DONE] within --timeout 0.5s" in line
+    assert "keep-alive comments" in line
+    assert line.endswith("[timeout]")
+    assert "retry with a larger --timeout" in run.flat
+    assert all(" PASS " in run.line(n) for n in range(1, 7))
+    assert took < 5  # the other checks take milliseconds; the stream is cut at 0.5 s
+    stream = as_json.report()["checks"][6]
+    assert (stream["status"], stream["failure_class"]) == ("FAIL", "timeout")
+    assert stream["data"]["done"] is False
+    assert stream["data"]["content_chunks"] == 7  # the content arrived, then only comments
+    assert TRICKLE_TIMEOUT_S <= stream["duration_s"] < TRICKLE_TIMEOUT_S + 1.0
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("path", "code", "check", "expected"),
+    [
+        ("/v1/completions", 1, 6, "began to answer but did not finish within 0.5s [timeout]"),
+        ("/v1/models", 1, 5, "began to answer but did not finish within 0.5s [timeout]"),
+        # Checks 1-4 need only the status: a body that never ends does not hold them up.
+        ("/health", 0, 2, " PASS "),
+        ("/metrics", 1, 4, "/metrics answered without a key (/invocations -> 403, /metrics -> 200"),
+    ],
+)
+def test_body_that_trickles_forever_is_cut_at_the_timeout(smoke, path, code, check, expected):
+    refused = PROXY_BLOCKED_PATHS - {path}
+    config = StandinConfig(api_key=KEY, refused_paths=refused, trickle_paths=frozenset({path}))
+    with run_standin(config) as vllm:
+        run, took = _timed_smoke(smoke, [vllm.url, "--timeout", str(TRICKLE_TIMEOUT_S)])
+    assert run.code == code
+    assert expected in run.line(check)
+    assert took < 5
+    if check == 6:
+        assert "sent its answer so slowly" in run.flat
+        assert " PASS " in run.line(7)
 
 
 # --- not reachable / not ready: exit 3 --------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.smoke_test.cli import main
+from scripts.smoke_test.cli import build_parser, main
 from tests.support.vllm_standin import DEFAULT_MODEL, StandinConfig, run_standin
 from tests.test_smoke_test import KEY, FakeTime, guard_dns, make_deps, smoke
 
@@ -85,6 +85,59 @@ def test_key_with_spaces_is_refused_without_echoing_it(smoke, no_requests):
     assert run.code == 2
     assert "contains spaces or control characters" in run.err
     assert "extra" not in run.err.replace("[redacted]", "")
+
+
+# Short enough to be refused, distinctive enough that an echo of it would be seen.
+SHORT_KEY = "Zq7-sh0rt-K3y"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env_key"),
+    [
+        (["127.0.0.1", "--api-key", SHORT_KEY], None),
+        (["127.0.0.1", f"--api-key={SHORT_KEY}"], None),
+        (["127.0.0.1"], SHORT_KEY),
+        # argparse would echo the stray second copy in "unrecognized arguments: ...".
+        (["127.0.0.1", "--api-key", SHORT_KEY, SHORT_KEY], None),
+        (["127.0.0.1", "--api-key", SHORT_KEY, "--no-such-flag"], None),
+    ],
+)
+def test_short_key_is_refused_without_echo(smoke, no_requests, argv, env_key):
+    env = {"PATH": "/usr/bin"} | ({"VLLM_API_KEY": env_key} if env_key else {})
+    run = smoke(argv, make_deps(env=env))
+    assert run.code == 2
+    assert "the API key is too short" in run.err
+    assert "the deployments use keys of 32 or more characters" in run.err
+    assert SHORT_KEY not in run.text
+    assert "[redacted]" not in run.text  # nothing garbled instead
+    assert build_parser().format_usage() in run.err  # the usage text, intact
+    assert run.out == ""
+    assert no_requests == []
+
+
+def test_one_character_key_does_not_garble_the_usage_text(smoke, no_requests):
+    # Redacting "x" used to print e.g. `--inde[redacted]`, showing where the key's letters were.
+    run = smoke(["127.0.0.1", "--api-key", "x"])
+    assert run.code == 2
+    assert build_parser().format_usage() in run.err
+    assert "[--index N]" in run.err
+    assert "[redacted]" not in run.err
+    assert no_requests == []
+
+
+def test_short_stack_key_is_refused(smoke, tmp_path, no_requests):
+    env = fake_pulumi(tmp_path, {"endpoint": "http://127.0.0.1:9", "api_key": SHORT_KEY})
+    run = smoke(["--stack", "dev"], make_deps(env=env))
+    assert run.code == 2
+    assert "the API key is too short" in run.err
+    assert SHORT_KEY not in run.text
+
+
+def test_unused_short_environment_key_is_no_obstacle(smoke):
+    with run_standin(StandinConfig.deployed(api_key=KEY)) as vllm:
+        env = {"VLLM_API_KEY": "short", "PATH": "/usr/bin"}
+        run = smoke([vllm.url, "--api-key", KEY], make_deps(env=env))
+    assert run.code == 0
 
 
 def test_help_lists_exit_codes(smoke):
@@ -323,7 +376,7 @@ def _run_module(args: list[str], env_key: str | None) -> subprocess.CompletedPro
 def test_python_dash_m_runs_for_real():
     with run_standin(StandinConfig.deployed(api_key=KEY)) as vllm:
         done = _run_module([vllm.url, "--json"], KEY)
-        proxied_wrong = _run_module([vllm.url], "wrong")
+        proxied_wrong = _run_module([vllm.url], "a-wrong-key-of-acceptable-length")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["result"] == "pass"
     assert proxied_wrong.returncode == 1

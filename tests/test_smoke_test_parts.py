@@ -4,6 +4,7 @@ errors that cannot be produced on loopback (DNS through requests, a dropped SYN)
 from __future__ import annotations
 
 import http.client
+import io
 import socket
 import ssl
 
@@ -11,6 +12,7 @@ import pytest
 import requests
 import urllib3.exceptions
 
+from scripts.smoke_test.report import MIN_KEY_LENGTH, RedactingWriter
 from scripts.smoke_test.target import Target, UsageError, parse_target
 from scripts.smoke_test.transport import FailureClass, classify
 
@@ -106,3 +108,13 @@ def test_tls_and_reset():
     failure = classify(reset, TARGET, 5)
     assert failure.failure_class is FailureClass.CONNECTION
     assert failure.retryable
+
+
+def test_redaction_replaces_whole_keys_and_never_short_ones():
+    key = "k3y-" + "a1b2" * 4  # 20 characters
+    assert MIN_KEY_LENGTH == 16
+    sink = io.StringIO()
+    writer = RedactingWriter(sink, {"x", "index", key[:15]})
+    writer.secrets.add(key)  # secrets found later (the stack's key) count too
+    writer.write(f"usage: [--index N] [--api-key KEY] x={key}, again:{key}\n")
+    assert sink.getvalue() == "usage: [--index N] [--api-key KEY] x=[redacted], again:[redacted]\n"

@@ -143,3 +143,47 @@ def test_slow_response_does_not_hang_shutdown():
     ):
         requests.get(vllm.url + "/health", timeout=0.2)
     assert time.monotonic() - started < 5
+
+
+def test_kept_alive_stream_sends_comments_and_never_done():
+    config = StandinConfig(stream_keepalive=0.02, stream_chunks=("a", "b"))
+    with run_standin(config) as vllm:
+        response = requests.post(
+            vllm.url + "/v1/chat/completions",
+            headers=GOOD,
+            json={"model": DEFAULT_MODEL, "messages": [], "stream": True},
+            stream=True,
+            timeout=5,
+        )
+        lines: list[str] = []
+        for line in response.iter_lines():
+            if line:
+                lines.append(line.decode())
+            if lines.count(": keep-alive") == 5:
+                break
+        response.close()
+    assert response.status_code == 200
+    contents = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in lines[:3]]
+    assert contents == ["", "a", "b"]
+    assert lines[3:] == [": keep-alive"] * 5  # no finish event, no usage, no [DONE]
+
+
+def test_trickled_body_keeps_coming():
+    config = StandinConfig(trickle_paths=frozenset({"/v1/models"}), trickle_interval=0.02)
+    with run_standin(config) as vllm:
+        with requests.get(vllm.url + "/v1/models", headers=GOOD, stream=True, timeout=5) as r:
+            pieces = r.iter_content(chunk_size=1)
+            first = [next(pieces) for _ in range(5)]
+        refused = requests.get(vllm.url + "/v1/models", timeout=5)  # the 401 is not trickled
+    assert r.status_code == 200
+    assert r.headers["Transfer-Encoding"] == "chunked"
+    assert first == [b" "] * 5
+    assert refused.status_code == 401
+
+
+def test_unauthorized_status_variant():
+    with run_standin(StandinConfig(unauthorized_status=403)) as vllm:
+        missing = requests.get(vllm.url + "/v1/models", timeout=5)
+        good = requests.get(vllm.url + "/v1/models", headers=GOOD, timeout=5)
+    assert (missing.status_code, missing.json()) == (403, {"error": "Forbidden"})
+    assert good.status_code == 200

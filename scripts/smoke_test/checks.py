@@ -6,19 +6,31 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
 from scripts.smoke_test.results import CheckResult, Status, timed
 from scripts.smoke_test.target import Target
-from scripts.smoke_test.transport import FailureClass, classify
+from scripts.smoke_test.transport import (
+    TRANSPORT_ERRORS,
+    Clock,
+    Deadline,
+    DeadlineExceeded,
+    FailureClass,
+    classify,
+    read_pieces,
+    split_lines,
+)
 
-# FACTS.md (vLLM): vLLM answers 401 when the key is missing or wrong. A proxy that checks the
-# key itself may answer 403; both refuse.
-REFUSED_AUTH = frozenset({401, 403})
+# FACTS.md (vLLM): vLLM answers 401 `{"error":"Unauthorized"}` when the key is missing or
+# wrong, and the deployment's proxy (startup/nginx.conf.j2) answers the same on /v1/ before
+# vLLM sees the request. OpenAI-compatible clients read 401 as "bad key": check 3 wants it.
+AUTH_REFUSED = 401
+# Check 5 only needs to know whether the real key was turned away; a 403 says that too.
+KEY_REFUSED = frozenset({401, 403})
 # For paths the proxy must block, not routing them at all (404) refuses too.
 REFUSED_PATH = frozenset({401, 403, 404})
 # FACTS.md (vLLM): open in vLLM whatever --api-key says. /invocations runs inference.
@@ -33,22 +45,42 @@ CHAT_MAX_TOKENS = 32
 
 
 @dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
 class Endpoint:
+    """The endpoint under test. Every request is bounded by `timeout` as a whole (see
+    transport.read_pieces), not only each wait for data."""
+
     session: requests.Session
     target: Target
     api_key: str
     timeout: float
+    clock: Clock = field(default=time.monotonic)
 
-    def call(
+    def deadline(self) -> Deadline:
+        return Deadline.after(self.timeout, self.clock)
+
+    def send(
         self,
         method: str,
         path: str,
         *,
         key: str | None,
         body: dict[str, Any] | None = None,
-        stream: bool = False,
         headers: dict[str, str] | None = None,
     ) -> requests.Response:
+        """The answer once its headers are in; the caller reads the body within a deadline
+        (or not at all) and closes it."""
         sent = dict(headers or {})
         if key is not None:
             sent["Authorization"] = f"Bearer {key}"
@@ -58,13 +90,29 @@ class Endpoint:
             headers=sent,
             json=body,
             timeout=self.timeout,
-            stream=stream,
+            stream=True,  # requests would read the body with no bound on the whole
             allow_redirects=False,
         )
 
+    def status(
+        self, method: str, path: str, *, key: str | None, body: dict[str, Any] | None = None
+    ) -> int:
+        """Only the status; the body is never read, so it cannot hold the check up."""
+        with self.send(method, path, key=key, body=body) as response:
+            return response.status_code
+
+    def fetch(
+        self, method: str, path: str, *, key: str | None, body: dict[str, Any] | None = None
+    ) -> Answer:
+        """The whole answer, within `timeout` from now (raises DeadlineExceeded)."""
+        deadline = self.deadline()
+        with self.send(method, path, key=key, body=body) as response:
+            data = b"".join(read_pieces(response, deadline, self.timeout))
+            return Answer(response.status_code, data)
+
 
 def _request_failed(
-    number: int, name: str, title: str, err: requests.RequestException, ep: Endpoint, took: float
+    number: int, name: str, title: str, err: Exception, ep: Endpoint, took: float
 ) -> CheckResult:
     failure = classify(err, ep.target, ep.timeout)
     return CheckResult(
@@ -90,27 +138,53 @@ def check_auth(ep: Endpoint) -> CheckResult:
     number, name, title = 3, "auth", "Key required on /v1"
     with timed() as t:
         try:
-            without = ep.call("GET", "/v1/models", key=None)
-            without.close()
-            wrong = ep.call("GET", "/v1/models", key=_wrong_key(ep.api_key))
-            wrong.close()
-        except requests.RequestException as err:
+            without = ep.status("GET", "/v1/models", key=None)
+            wrong = ep.status("GET", "/v1/models", key=_wrong_key(ep.api_key))
+        except TRANSPORT_ERRORS as err:
             return _request_failed(number, name, title, err, ep, t.elapsed)
-    detail = f"no key -> {without.status_code}, wrong key -> {wrong.status_code}"
-    data = {"without_key": without.status_code, "wrong_key": wrong.status_code}
-    if without.status_code in REFUSED_AUTH and wrong.status_code in REFUSED_AUTH:
+    detail = f"no key -> {without}, wrong key -> {wrong}"
+    data = {"without_key": without, "wrong_key": wrong}
+    if without == AUTH_REFUSED and wrong == AUTH_REFUSED:
         return CheckResult(number, name, title, Status.PASS, t.elapsed, detail, data=data)
+    if any(200 <= status < 300 for status in (without, wrong)):
+        return CheckResult(
+            number,
+            name,
+            title,
+            Status.FAIL,
+            t.elapsed,
+            detail + " (expected 401): the API answers without a valid key",
+            "Anyone who can reach this port can use the GPU. vLLM must run with VLLM_API_KEY "
+            "set (the startup script passes the stack's apiKey through the container "
+            "environment), behind the deployment's proxy that checks the key too; check "
+            "`docker inspect vllm` on the VM, then redeploy.",
+            "auth-not-enforced",
+            data,
+        )
+    if 403 in (without, wrong):
+        hint = (
+            "Requests without a valid key were refused, but with 403, not 401. "
+            "OpenAI-compatible clients expect 401 for a missing or wrong key, and the "
+            "deployment's proxy answers 401 on /v1/ (as vLLM does), so something else answers "
+            "here: another proxy or gateway in front of the endpoint, or the wrong IP or port. "
+            "Point the smoke test at the deployment's own endpoint (`pulumi stack output "
+            "endpoint`)."
+        )
+    else:
+        hint = (
+            "The deployment's proxy answers 401 on /v1/ without a valid key; this answer "
+            "comes from something else: check the IP and port (`pulumi stack output "
+            "endpoint`), and that the proxy runs in front of vLLM."
+        )
     return CheckResult(
         number,
         name,
         title,
         Status.FAIL,
         t.elapsed,
-        detail + " (expected 401): the API answers without a valid key",
-        "Anyone who can reach this port can use the GPU. vLLM must run with VLLM_API_KEY set "
-        "(the startup script passes the stack's apiKey through the container environment); "
-        "check `docker inspect vllm` on the VM, then redeploy.",
-        "auth-not-enforced",
+        detail + " (expected 401 for both)",
+        hint,
+        "auth-status",
         data,
     )
 
@@ -122,16 +196,15 @@ def check_open_paths(ep: Endpoint) -> CheckResult:
     with timed() as t:
         for method, path, body in MUST_BE_CLOSED:
             try:
-                response = ep.call(method, path, key=None, body=body)
-                response.close()
-            except requests.RequestException as err:
+                status = ep.status(method, path, key=None, body=body)
+            except TRANSPORT_ERRORS as err:
                 failure = classify(err, ep.target, ep.timeout)
                 if failure.failure_class is FailureClass.CONNECTION:
                     answers[path] = "closed"  # e.g. nginx `return 444`
                     continue
                 return _request_failed(number, name, title, err, ep, t.elapsed)
-            answers[path] = str(response.status_code)
-            if response.status_code not in REFUSED_PATH:
+            answers[path] = str(status)
+            if status not in REFUSED_PATH:
                 open_paths.append(path)
     detail = ", ".join(f"{p} -> {s}" for p, s in answers.items())
     if not open_paths:
@@ -158,25 +231,25 @@ def check_models(ep: Endpoint, expected: str | None) -> tuple[CheckResult, str |
     number, name, title = 5, "models", "Model served"
     with timed() as t:
         try:
-            response = ep.call("GET", "/v1/models", key=ep.api_key)
-            body = _json(response)
-        except requests.RequestException as err:
+            response = ep.fetch("GET", "/v1/models", key=ep.api_key)
+        except TRANSPORT_ERRORS as err:
             return _request_failed(number, name, title, err, ep, t.elapsed), None
+    body = response.json()
 
     def fail(detail: str, hint: str, data: dict[str, Any] | None = None) -> CheckResult:
         return CheckResult(
             number, name, title, Status.FAIL, t.elapsed, detail, hint, "models", data or {}
         )
 
-    if response.status_code in REFUSED_AUTH:
+    if response.status in KEY_REFUSED:
         return fail(
-            f"the key was refused ({response.status_code})",
+            f"the key was refused ({response.status})",
             "Check --api-key or VLLM_API_KEY against the stack's key "
             "(`pulumi stack output api_key --show-secrets`), or use --stack NAME.",
         ), None
-    if response.status_code != 200 or not isinstance(body, dict):
+    if response.status != 200 or not isinstance(body, dict):
         return fail(
-            f"GET /v1/models answered {response.status_code}, not a model list",
+            f"GET /v1/models answered {response.status}, not a model list",
             "Check that this endpoint is the deployment's proxy in front of vLLM.",
         ), None
     models = [m for m in body.get("data") or [] if isinstance(m, dict)]
@@ -217,13 +290,6 @@ def check_models(ep: Endpoint, expected: str | None) -> tuple[CheckResult, str |
     ), None
 
 
-def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def check_completion(ep: Endpoint, model: str) -> CheckResult:
     number, name, title = 6, "completion", "Completion has text"
     request = {
@@ -234,22 +300,22 @@ def check_completion(ep: Endpoint, model: str) -> CheckResult:
     }
     with timed() as t:
         try:
-            response = ep.call("POST", "/v1/completions", key=ep.api_key, body=request)
-            body = _json(response)
-        except requests.RequestException as err:
+            response = ep.fetch("POST", "/v1/completions", key=ep.api_key, body=request)
+        except TRANSPORT_ERRORS as err:
             return _request_failed(number, name, title, err, ep, t.elapsed)
+    body = response.json()
     text = ""
-    if response.status_code == 200 and isinstance(body, dict):
+    if response.status == 200 and isinstance(body, dict):
         choices = body.get("choices") or [{}]
         text = str(choices[0].get("text") or "") if isinstance(choices[0], dict) else ""
-    if response.status_code != 200:
+    if response.status != 200:
         return CheckResult(
             number,
             name,
             title,
             Status.FAIL,
             t.elapsed,
-            f"POST /v1/completions answered {response.status_code}: {_error_message(body)}",
+            f"POST /v1/completions answered {response.status}: {_error_message(body)}",
             "Check the vLLM logs on the machine (`docker logs vllm`).",
             "completion",
         )
@@ -291,32 +357,45 @@ class _StreamStats:
     first_token_s: float | None = None
     last_token_s: float | None = None
     error: str | None = None
+    timed_out: bool = False  # --timeout passed before [DONE]
+    comments: int = 0  # SSE comment lines (`: keep-alive`)
 
 
-def _read_stream(
-    response: requests.Response, started: float, now: Callable[[], float]
-) -> _StreamStats:
+def _read_stream(lines: Iterator[bytes], started: float, now: Callable[[], float]) -> _StreamStats:
     stats = _StreamStats()
-    # chunk_size=None hands each chunk on as it arrives, so the time to first token is real.
-    for raw in response.iter_lines(chunk_size=None):
+    try:
+        _parse_events(lines, stats, started, now)
+    except DeadlineExceeded:
+        stats.timed_out = True
+    return stats
+
+
+def _parse_events(
+    lines: Iterator[bytes], stats: _StreamStats, started: float, now: Callable[[], float]
+) -> None:
+    # Lines are handed on as they arrive, so the time to first token is real.
+    for raw in lines:
         line = raw.decode("utf-8", "replace").strip()
+        if line.startswith(":"):
+            stats.comments += 1
+            continue
         if not line.startswith("data:"):
             continue
         payload = line[5:].strip()
         if payload == "[DONE]":
             stats.done = True
-            break
+            return
         stats.events += 1
         try:
             chunk = json.loads(payload)
         except ValueError:
             stats.error = f"event {stats.events} is not JSON"
-            break
+            return
         if not isinstance(chunk, dict):
             continue
         if chunk.get("error"):
             stats.error = _error_message(chunk)
-            break
+            return
         usage = chunk.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             stats.usage_tokens = usage["completion_tokens"]
@@ -327,7 +406,6 @@ def _read_stream(
                 stats.last_token_s = now() - started
                 if stats.first_token_s is None:
                     stats.first_token_s = stats.last_token_s
-    return stats
 
 
 def check_stream(ep: Endpoint, model: str) -> CheckResult:
@@ -342,18 +420,19 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
     }
     with timed() as t:
         try:
+            deadline = ep.deadline()
             # identity: a compressed stream could be held back by the decompressor.
-            response = ep.call(
+            response = ep.send(
                 "POST",
                 "/v1/chat/completions",
                 key=ep.api_key,
                 body=request,
-                stream=True,
                 headers={"Accept": "text/event-stream", "Accept-Encoding": "identity"},
             )
             with response:
+                pieces = read_pieces(response, deadline, ep.timeout)
                 if response.status_code != 200:
-                    body = _json(response)
+                    body = Answer(response.status_code, b"".join(pieces)).json()
                     return CheckResult(
                         number,
                         name,
@@ -366,8 +445,8 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
                         "stream",
                     )
                 content_type = response.headers.get("Content-Type", "")
-                stats = _read_stream(response, t.started, time.perf_counter)
-        except requests.RequestException as err:
+                stats = _read_stream(split_lines(pieces), t.started, time.perf_counter)
+        except TRANSPORT_ERRORS as err:
             return _request_failed(number, name, title, err, ep, t.elapsed)
     tokens = stats.usage_tokens if stats.usage_tokens is not None else stats.tokens
     rate: float | None = None
@@ -390,7 +469,20 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
     speed = "n/a" if rate is None else f"{rate:.1f} tokens/s"
     summary = f"{stats.events} chunks, {tokens} tokens; first token {ttft}, {speed}"
     problem: tuple[str, str] | None = None
-    if stats.error is not None:
+    failure_class = "stream"
+    if stats.timed_out:
+        failure_class = "timeout"
+        kept_alive = f", then {stats.comments} keep-alive comments" if stats.comments else ""
+        problem = (
+            f"no data: [DONE] within --timeout {ep.timeout:g}s ({summary}{kept_alive})",
+            "The stream stayed open without finishing. vLLM ends every stream with "
+            "data: [DONE] once the answer (here at most "
+            f"{CHAT_MAX_TOKENS} tokens) is complete, so a stream that only keeps the "
+            "connection alive is stuck: check `docker logs vllm` and the proxy in front of it. "
+            "If the model is merely slow (the first request after a start can be), retry with "
+            "a larger --timeout.",
+        )
+    elif stats.error is not None:
         problem = (f"the stream reported an error: {stats.error}", "Check `docker logs vllm`.")
     elif "text/event-stream" not in content_type:
         problem = (
@@ -410,7 +502,7 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
         )
     if problem is not None:
         return CheckResult(
-            number, name, title, Status.FAIL, t.elapsed, problem[0], problem[1], "stream", data
+            number, name, title, Status.FAIL, t.elapsed, problem[0], problem[1], failure_class, data
         )
     return CheckResult(number, name, title, Status.PASS, t.elapsed, summary + ", [DONE]", data=data)
 

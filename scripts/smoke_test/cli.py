@@ -14,7 +14,7 @@ from typing import Any
 
 from scripts.smoke_test import checks
 from scripts.smoke_test.readiness import Clock, Progress, Sleep, check_ready
-from scripts.smoke_test.report import RedactingWriter, Report
+from scripts.smoke_test.report import MIN_KEY_LENGTH, RedactingWriter, Report
 from scripts.smoke_test.results import CheckResult, ExitCode, Status
 from scripts.smoke_test.stack import read_outputs, select_endpoint
 from scripts.smoke_test.target import DEFAULT_PORT, Target, UsageError, check_port, parse_target
@@ -23,6 +23,12 @@ from scripts.smoke_test.transport import Resolver, make_session, resolve
 KEY_ENV = "VLLM_API_KEY"
 DEFAULT_TIMEOUT_S = 20.0
 _PRINTABLE_KEY = frozenset(map(chr, range(0x21, 0x7F)))
+# Never names or measures the key itself: the message goes to the terminal.
+SHORT_KEY = (
+    f"the API key is too short to be a deployment's: keys under {MIN_KEY_LENGTH} characters "
+    "are refused, and the deployments use keys of 32 or more characters. Check that the whole "
+    "key was copied: `pulumi stack output api_key --show-secrets`, or use --stack NAME"
+)
 
 EPILOG = f"""\
 checks, in order: 1 reachable, 2 GET /health is 200, 3 /v1/models refuses a missing or
@@ -34,6 +40,8 @@ exit codes: 0 every check passed, 1 a check failed, 2 usage error (nothing was s
 
 The key is read from --api-key, else the stack (--stack), else ${KEY_ENV}. Prefer the
 environment variable: a command-line argument is visible to other users in the process list.
+Keys under {MIN_KEY_LENGTH} characters are refused (the deployments' keys have 32 or more).
+--timeout bounds each request as a whole: connecting, the answer, and a stream until [DONE].
 A bare address or name means http on port {DEFAULT_PORT} (the GCP VM's proxy)."""
 
 
@@ -83,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
-        help=f"bound on each request (default {DEFAULT_TIMEOUT_S:g})",
+        help="bound on each request as a whole, reading its answer or stream included "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON report, not a table")
     parser.add_argument(
@@ -114,6 +123,22 @@ def _secrets_in_argv(argv: Sequence[str]) -> set[str]:
         elif arg.startswith("--api-key="):
             found.add(arg.split("=", 1)[1])
     return found
+
+
+def _short_key_in_argv(argv: Sequence[str]) -> bool:
+    """Whether the command line gives a key too short to redact. Checked before argparse runs,
+    because argparse echoes stray arguments (`--api-key KEY KEY`) in its complaints. A value
+    that starts with "-" is not one argparse would take as the key."""
+    for i, arg in enumerate(argv):
+        if arg == "--api-key" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            key = argv[i + 1]
+        elif arg.startswith("--api-key="):
+            key = arg.split("=", 1)[1]
+        else:
+            continue
+        if 0 < len(key) < MIN_KEY_LENGTH:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -163,6 +188,8 @@ def parse_options(
             f"no API key: set {KEY_ENV} (preferred), pass --api-key, or use --stack NAME"
         )
     secrets.add(key)
+    if len(key) < MIN_KEY_LENGTH:
+        raise UsageError(SHORT_KEY)
     if not set(key) <= _PRINTABLE_KEY:
         raise UsageError(
             "the API key contains spaces or control characters, so it cannot be sent in an "
@@ -270,6 +297,8 @@ def main(argv: Sequence[str] | None = None, deps: Deps | None = None) -> int:
     with redirect_stdout(out), redirect_stderr(err):
         parser = build_parser()
         try:
+            if _short_key_in_argv(argv):
+                raise UsageError(SHORT_KEY)
             options = parse_options(argv, deps, parser, secrets)
         except SystemExit as stop:  # argparse: --help (0) or a malformed command line (2)
             return stop.code if isinstance(stop.code, int) else ExitCode.USAGE

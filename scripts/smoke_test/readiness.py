@@ -60,11 +60,14 @@ class _Attempt:
 def _probe(session: requests.Session, target: Target, timeout: float) -> _Attempt:
     started = time.perf_counter()
     try:
-        response = session.get(f"{target.base_url}/health", timeout=timeout, allow_redirects=False)
+        # stream=True: only the status counts, and an unread body cannot hold the probe up.
+        with session.get(
+            f"{target.base_url}/health", timeout=timeout, allow_redirects=False, stream=True
+        ) as response:
+            status = response.status_code
     except requests.RequestException as err:
         return _Attempt(classify(err, target, timeout), None, time.perf_counter() - started)
-    response.close()
-    return _Attempt(None, response.status_code, time.perf_counter() - started)
+    return _Attempt(None, status, time.perf_counter() - started)
 
 
 def check_ready(

@@ -11,6 +11,10 @@ from typing import Any, TextIO
 from scripts.smoke_test.results import CheckResult, ExitCode, Status
 
 REDACTED = "[redacted]"
+# Keys shorter than this are refused (a usage error) and never redacted: a short string turns up
+# inside ordinary words, and replacing it there garbles the output while showing where the key's
+# characters are. The deployments' keys are 32 or more characters (infra/config.py).
+MIN_KEY_LENGTH = 16
 _RESULT_WORDS = {
     ExitCode.OK: "PASS",
     ExitCode.CHECK_FAILED: "FAIL",
@@ -93,9 +97,10 @@ class Report:
 
 
 class RedactingWriter(io.TextIOBase):
-    """A text stream that replaces every known secret before it reaches `target`. All of the
-    smoke test's output goes through one, so the key cannot leak through a message, an
-    exception text or argparse's complaints."""
+    """A text stream that replaces every whole occurrence of a known secret before it reaches
+    `target`. All of the smoke test's output goes through one, so the key cannot leak through a
+    message, an exception text or argparse's complaints. Secrets shorter than MIN_KEY_LENGTH
+    are left alone (the command refuses such keys before it prints anything else)."""
 
     def __init__(self, target: TextIO, secrets: set[str]) -> None:
         super().__init__()
@@ -104,7 +109,7 @@ class RedactingWriter(io.TextIOBase):
 
     def write(self, text: str) -> int:
         for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret:
+            if len(secret) >= MIN_KEY_LENGTH:
                 text = text.replace(secret, REDACTED)
         self.target.write(text)
         return len(text)

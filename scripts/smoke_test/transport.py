@@ -1,7 +1,12 @@
-"""HTTP plumbing for the smoke test: one requests session, and what a failed request means.
+"""HTTP plumbing for the smoke test: one requests session, what a failed request means, and
+reading an answer within a deadline.
 
 A request that gets no HTTP answer at all fails for one of a few reasons, and each has a
 different fix; `classify` names the reason and `Failure.hint` says what to do.
+
+`--timeout` bounds each request as a whole. requests' own timeout bounds each wait for data,
+so a server that trickles a byte or an SSE keep-alive comment now and then would hold a
+request forever; `read_pieces` reads the body against a `Deadline` instead.
 """
 
 from __future__ import annotations
@@ -22,6 +27,18 @@ from scripts.smoke_test.target import Target
 
 USER_AGENT = "llm-endpoint-smoke-test/1"
 Resolver = Callable[[str, int], Any]
+Clock = Callable[[], float]
+# Largest piece `read_pieces` asks for at once; any smaller piece is handed on as it arrives.
+_PIECE_BYTES = 64 * 1024
+
+
+class DeadlineExceeded(Exception):
+    """The request as a whole took longer than --timeout."""
+
+
+# What sending a request or reading its body can raise: requests wraps urllib3's errors when it
+# sends, but `read_pieces` reads the body from urllib3's response directly.
+TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, DeadlineExceeded)
 
 
 class FailureClass(StrEnum):
@@ -47,6 +64,67 @@ class Failure:
             FailureClass.TIMEOUT,
             FailureClass.CONNECTION,
         )
+
+
+@dataclass(frozen=True)
+class Deadline:
+    at: float
+    clock: Clock
+
+    @classmethod
+    def after(cls, seconds: float, clock: Clock) -> Deadline:
+        return cls(clock() + seconds, clock)
+
+    def remaining(self) -> float:
+        return self.at - self.clock()
+
+
+def _limit_wait(response: requests.Response, seconds: float) -> bool:
+    """Make the next network read of `response` wait at most `seconds`; False if the socket is
+    out of reach (http.client hands a `Connection: close` answer's socket to the response
+    alone), in which case each read still waits up to the request's own timeout."""
+    connection = getattr(response.raw, "connection", None)  # urllib3 2's HTTPResponse.connection
+    sock = getattr(connection, "sock", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    sock.settimeout(seconds)
+    return True
+
+
+def read_pieces(
+    response: requests.Response, deadline: Deadline, per_read: float
+) -> Iterator[bytes]:
+    """The body of `response` (sent with `stream=True`) piece by piece as it arrives, until it
+    ends. Raises DeadlineExceeded once `deadline` passes, however steadily the server trickles:
+    the deadline is checked between pieces, and each read waits at most the time left.
+    `read1` makes at most one network read, where `read(n)` would wait to fill n bytes."""
+    raw = response.raw
+    while True:
+        left = deadline.remaining()
+        if left <= 0:
+            raise DeadlineExceeded
+        capped = left < per_read and _limit_wait(response, left)
+        try:
+            piece: bytes = raw.read1(_PIECE_BYTES, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as err:
+            if capped or deadline.remaining() <= 0:
+                raise DeadlineExceeded from err
+            raise
+        if not piece:
+            return
+        yield piece
+
+
+def split_lines(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines of a byte stream, each as soon as it is complete. SSE ends lines with LF, CRLF or
+    CR; CR is read as LF, and the empty lines that makes are of no consequence here."""
+    pending = b""
+    for piece in pieces:
+        pending = (pending + piece).replace(b"\r", b"\n")
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+    if pending:
+        yield pending
 
 
 def make_session(verify: bool | str) -> requests.Session:
@@ -89,6 +167,16 @@ def classify(exc: BaseException, target: Target, timeout: float) -> Failure:
 
     def has(*types: type[BaseException]) -> bool:
         return any(isinstance(c, types) for c in causes)
+
+    if has(DeadlineExceeded):
+        return Failure(
+            FailureClass.TIMEOUT,
+            f"{where} began to answer but did not finish within {timeout:g}s",
+            "The server sent its answer so slowly (a trickle of bytes) that it did not complete "
+            "within --timeout. A loaded or stuck server, or a proxy in between, does this: "
+            "retry with a larger --timeout, and if it persists check the proxy and `docker logs "
+            "vllm` on the machine.",
+        )
 
     if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
         return dns_failure(target)

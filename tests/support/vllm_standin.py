@@ -54,8 +54,17 @@ are open):
     stream_done       False: the stream ends without `data: [DONE]`.
     chunk_delay       seconds between streamed events (each is written and flushed on its own,
                       with chunked transfer encoding, so a proxy test can see them arrive apart).
+    stream_keepalive  > 0: after its content events a stream never finishes; it sends the SSE
+                      comment `: keep-alive` every this many seconds, forever (no finish event,
+                      no usage chunk, no `[DONE]`), until the client hangs up or the stand-in
+                      stops.
     response_delay    seconds to wait before answering ...
     delayed_paths     ... requests to these paths (None = every path).
+    trickle_paths     plain (non-stream) answers on these paths send their status and headers,
+                      then one space (valid JSON padding) every `trickle_interval` seconds,
+                      forever: a body that keeps coming and never ends.
+    unauthorized_status  the status of a missing or wrong key (default 401, as vLLM; 403 plays a
+                      gateway that checks keys but answers 403, body `{"error":"Forbidden"}`).
 
 Variants tests use (see also `StandinConfig.deployed()`):
     healthy, proxied:      StandinConfig.deployed()
@@ -66,6 +75,9 @@ Variants tests use (see also `StandinConfig.deployed()`):
     503 then 200:          StandinConfig(health_unready=3)
     empty completion:      StandinConfig(completion_text="")
     stream without [DONE]: StandinConfig(stream_done=False)
+    stream kept alive:     StandinConfig(stream_keepalive=0.05)   (SSE comments, never [DONE])
+    body trickled:         StandinConfig(trickle_paths=frozenset({"/v1/completions"}))
+    403 for a bad key:     StandinConfig(unauthorized_status=403)
     very slow:             StandinConfig(response_delay=2.0,
                                          delayed_paths=frozenset({"/v1/completions"}))
 
@@ -146,8 +158,12 @@ class StandinConfig:
     stream_chunks: tuple[str, ...] = ("Paris", " is", " the", " capital", " of", " France", ".")
     stream_done: bool = True
     chunk_delay: float = 0.0
+    stream_keepalive: float = 0.0
     response_delay: float = 0.0
     delayed_paths: frozenset[str] | None = None
+    trickle_paths: frozenset[str] = frozenset()
+    trickle_interval: float = 0.05
+    unauthorized_status: int = 401
 
     @classmethod
     def deployed(cls, open_paths: Iterable[str] = (), **overrides: Any) -> StandinConfig:
@@ -300,10 +316,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._auth: AuthVerdict = "not-checked"
         self._record_args = (path, split.query, headers, body)
         self._recorded = False
+        self._trickle = False
         try:
             delayed = cfg.delayed_paths is None or path in cfg.delayed_paths
             if cfg.response_delay and delayed and state.stopping.wait(cfg.response_delay):
-                return  # stopping: drop the connection unanswered
+                self.close_connection = True  # stopping: drop the connection unanswered
+                return
             if path in cfg.refused_paths:
                 self._send_json(403, {"error": "Forbidden"})
                 return
@@ -315,8 +333,11 @@ class _Handler(BaseHTTPRequestHandler):
             ):
                 self._auth = _check_bearer(self.headers.get("Authorization"), cfg.api_key)
                 if self._auth != "valid":
-                    self._send_json(401, {"error": "Unauthorized"})
+                    status = cfg.unauthorized_status
+                    error = "Unauthorized" if status == 401 else "Forbidden"
+                    self._send_json(status, {"error": error})
                     return
+            self._trickle = path in cfg.trickle_paths
             self._route(cfg, path, body)
         finally:
             if not self._recorded:
@@ -343,12 +364,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_bytes(status, json.dumps(payload).encode(), "application/json")
 
     def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+        if self._trickle:
+            self._trickle_forever(status, content_type)
+            return
         self._start_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _trickle_forever(self, status: int, content_type: str) -> None:
+        self._start_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        # The body never ends, so this connection cannot carry another request.
+        self.close_connection = True
+        try:
+            while not self.state.stopping.wait(self.state.config.trickle_interval):
+                self._write_chunk(b" ")
+        except (BrokenPipeError, ConnectionResetError):
+            return
 
     def _not_found(self) -> None:
         self._send_json(404, {"detail": "Not Found"})
@@ -612,19 +649,28 @@ class _Handler(BaseHTTPRequestHandler):
         if chat:
             events.append(event([choice("", None, role=True)]))
         events.extend(event([choice(piece, None)]) for piece in cfg.stream_chunks)
-        events.append(event([choice("", "stop")]))
+        finishes = not cfg.stream_keepalive  # a kept-alive stream never gets to its end
+        if finishes:
+            events.append(event([choice("", "stop")]))
         options = request.get("stream_options") or {}
-        if isinstance(options, dict) and options.get("include_usage"):
+        if finishes and isinstance(options, dict) and options.get("include_usage"):
             n = len(cfg.stream_chunks)
             usage = {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n}
             events.append(event([], usage=usage))
-        if cfg.stream_done:
+        if cfg.stream_done and not cfg.stream_keepalive:
             events.append(b"data: [DONE]\n\n")
         try:
             for i, data in enumerate(events):
                 if i and cfg.chunk_delay and self.state.stopping.wait(cfg.chunk_delay):
+                    self.close_connection = True
                     return
                 self._write_chunk(data)
+            if cfg.stream_keepalive > 0:
+                # A stream that stays open and never finishes (a stuck server, say).
+                self.close_connection = True
+                while not self.state.stopping.wait(cfg.stream_keepalive):
+                    self._write_chunk(b": keep-alive\n\n")
+                return
             self._count_success(len(cfg.stream_chunks))
             # Before the terminator: a client that has read the whole body finds the record.
             self._record(200)
