@@ -2,8 +2,9 @@
 
 Rendering takes only non-secret values: secret *names* in Secret Manager, never their values.
 The script embeds the proxy's nginx config (infra/proxy_config.py), the shell writer of the
-proxy's key file and, when `idle_stop_minutes` is set, the idle-stop check (startup/
-idle_check.sh.j2), so one metadata value carries everything the VM needs.
+proxy's key file and, when `stop_on_failure` is on or `idle_stop_minutes` is set, the autostop
+check (startup/autostop.sh.j2: powers the VM off when vLLM dies after being ready, or when it is
+idle), so one metadata value carries everything the VM needs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ DOCKER_APT_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
 # GCE's limit for an inline startup-script value (FACTS.md, Google Cloud).
 MAX_STARTUP_SCRIPT_BYTES = 256 * 1024
 
+VLLM_CONTAINER = "llm-vllm"
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(STARTUP_DIR),
     undefined=jinja2.StrictUndefined,
@@ -34,7 +37,12 @@ _env = jinja2.Environment(
 )
 _env.filters["q"] = lambda v: shlex.quote(str(v))
 
-_HEREDOC_ENDS = ("LLM_ENDPOINT_NGINX_CONF", "LLM_ENDPOINT_IDLE_CHECK")
+# How long vLLM may be dead after it was ready (its /health failing, or its container not
+# running, at every minute's check) before the autostop check powers the VM off. Long enough for
+# a brief outage to pass; a restart in progress does not count at all (startup/autostop.sh.j2).
+DEAD_GRACE_MINUTES = 10
+
+_HEREDOC_ENDS = ("LLM_ENDPOINT_NGINX_CONF", "LLM_ENDPOINT_AUTOSTOP")
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,21 @@ class StartupParams:
     proxy_image: str = proxy_config.PROXY_IMAGE
 
 
-def render_idle_check(params: StartupParams) -> str:
-    """The idle-stop check the script installs (also rendered alone for tests)."""
-    return _env.get_template("idle_check.sh.j2").render(
-        idle_stop_minutes=params.idle_stop_minutes, vllm_port=params.vllm_port
+def needs_autostop(params: StartupParams) -> bool:
+    """Whether the VM runs the autostop check once ready: for a dead vLLM (stop_on_failure)
+    and/or for an idle one (idle_stop_minutes)."""
+    return params.stop_on_failure or params.idle_stop_minutes > 0
+
+
+def render_autostop_check(params: StartupParams) -> str:
+    """The autostop check the script installs (also rendered alone for tests)."""
+    return _env.get_template("autostop.sh.j2").render(
+        stop_on_failure=params.stop_on_failure,
+        grace_minutes=DEAD_GRACE_MINUTES,
+        idle_stop_minutes=params.idle_stop_minutes,
+        vllm_port=params.vllm_port,
+        gcp_project=params.gcp_project,
+        vllm_container=VLLM_CONTAINER,
     )
 
 
@@ -71,8 +90,8 @@ def render_startup_script(params: StartupParams) -> str:
         access_log="/dev/stdout",
         error_log="stderr",
     )
-    idle_check = render_idle_check(params) if params.idle_stop_minutes else ""
-    for text in (nginx_conf, idle_check):
+    autostop = render_autostop_check(params) if needs_autostop(params) else ""
+    for text in (nginx_conf, autostop):
         if any(end in text for end in _HEREDOC_ENDS):
             raise ValueError("an embedded file contains a heredoc terminator")
         if text and not text.endswith("\n"):
@@ -89,7 +108,9 @@ def render_startup_script(params: StartupParams) -> str:
         auth_include_sh=proxy_config.AUTH_INCLUDE_SH,
         auth_include_path=proxy_config.AUTH_INCLUDE_PATH,
         nginx_conf=nginx_conf,
-        idle_check=idle_check,
+        autostop=autostop,
+        dead_grace_minutes=DEAD_GRACE_MINUTES,
+        vllm_container=VLLM_CONTAINER,
     )
     if len(script.encode()) > MAX_STARTUP_SCRIPT_BYTES:
         raise ValueError(

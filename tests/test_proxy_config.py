@@ -262,6 +262,32 @@ def test_default_config_is_valid_nginx_and_has_no_secret(tmp_path):
     assert "test is successful" in result.stderr
 
 
+def test_idle_upstream_connections_close_before_vllm_closes_them(tmp_path):
+    """vLLM's HTTP server (uvicorn) closes an idle keep-alive connection after 5 s. nginx must
+    drop its idle upstream connections sooner, or it may reuse one vLLM is closing and, since
+    it does not retry a POST, answer 502. The directive must sit in the upstream block (where
+    it limits the kept connections to vLLM) and real nginx must accept it."""
+    text = render_proxy_config()
+    upstream = re.search(r"upstream llm_endpoint_vllm \{(.*?)\}", text, re.DOTALL)
+    assert upstream is not None
+    block = upstream.group(1)
+    assert re.search(r"^\s*keepalive 16;$", block, re.MULTILINE)
+    timeouts = re.findall(r"^\s*keepalive_timeout (\d+)s;$", block, re.MULTILINE)
+    assert timeouts == ["4"]
+    assert int(timeouts[0]) < 5  # uvicorn's default --timeout-keep-alive
+    auth = tmp_path / "auth.conf"
+    auth.write_text(render_auth_include(KEY))
+    result = check_config(text.replace(AUTH_INCLUDE_PATH, str(auth)))
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    # And the same directive is rejected where it would not apply: proof that nginx -t parses
+    # the upstream block rather than ignoring it.
+    broken = text.replace("keepalive_timeout 4s;", "keepalive_timeout 4s 4s 4s;")
+    result = check_config(broken.replace(AUTH_INCLUDE_PATH, str(auth)))
+    assert result.returncode != 0
+    assert "keepalive_timeout" in result.stderr
+
+
 def test_config_fails_closed_without_the_auth_include(tmp_path):
     text = render_proxy_config(auth_include=str(tmp_path / "missing.conf"))
     result = check_config(text)

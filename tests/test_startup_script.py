@@ -24,9 +24,11 @@ from infra import config as stack_config
 from infra.proxy_config import PROXY_IMAGE, render_auth_include, render_proxy_config
 from infra.serving import MIN_NVIDIA_DRIVER_MAJOR, VLLM_IMAGE, ServingSpec
 from infra.startup_script import (
+    DEAD_GRACE_MINUTES,
     DOCKER_APT_KEY_FINGERPRINT,
     StartupParams,
-    render_idle_check,
+    needs_autostop,
+    render_autostop_check,
     render_startup_script,
 )
 from tests.support.vllm_standin import StandinConfig, run_standin
@@ -168,6 +170,11 @@ curl)
     http://127.0.0.1:8001/metrics)
       [[ -f $S/metrics ]] || exit 7
       body=$(<"$S/metrics") ;;
+    http://127.0.0.1:8001/health)
+      if [[ -f $S/vllm_dead ]]; then
+        echo "curl: (7) Failed to connect to 127.0.0.1 port 8001: Connection refused" >&2
+        exit 7
+      fi ;;
     *) echo "stub curl: unexpected URL $url" >&2; exit 6 ;;
   esac
   if [[ -n $fail ]] && ((code >= 400)); then
@@ -208,6 +215,10 @@ docker)
       read -r status label <"$S/containers/$cname"
       if [[ $fmt == *State.Running* ]]; then
         [[ $status == running ]] && echo "true $label" || echo "false $label"
+      elif [[ $fmt == *State.Health* ]]; then
+        health=healthy
+        [[ -f $S/containers/$cname.health ]] && health=$(<"$S/containers/$cname.health")
+        echo "$status $health"
       else
         echo "$status"
       fi ;;
@@ -414,7 +425,14 @@ def test_first_boot_installs_configures_and_starts_everything(sandbox: Sandbox) 
     ]
     assert "systemctl poweroff" in watchdog[0][-1]
     assert run.calls.index(["systemd-run", *watchdog[0]]) < 5
-    assert run.named("systemctl")[-1] == ["reset-failed", "llm-endpoint-watchdog.service"]
+    systemctl = run.named("systemctl")
+    disarm = ["reset-failed", "llm-endpoint-watchdog.service"]
+    disarmed = len(systemctl) - 1 - systemctl[::-1].index(disarm)
+    # ... and the autostop check (stopOnFailure) takes over from it once ready.
+    assert systemctl[disarmed + 1 :] == [
+        ["daemon-reload"],
+        ["restart", "llm-endpoint-autostop.timer"],
+    ]
 
 
 def test_first_boot_writes_root_only_secret_files_and_the_proxy_config(sandbox: Sandbox) -> None:
@@ -700,9 +718,13 @@ def test_vllm_exiting_fails_fast(sandbox: Sandbox) -> None:
     assert run.powered_off
 
 
-# --- idle stop -------------------------------------------------------------------------------
+# --- autostop: dead vLLM and idle stop --------------------------------------------------------
 
 IDLE = replace(PARAMS, idle_stop_minutes=30)
+NO_STOP = replace(PARAMS, stop_on_failure=False)
+GRACE = DEAD_GRACE_MINUTES
+AUTOSTOP_CHECK = "usr/local/sbin/llm-endpoint-autostop"
+UNITS = "etc/systemd/system"
 
 
 def _metrics(running: int = 0, waiting: int = 0, success: float = 5.0, tokens: float = 900.0):
@@ -719,39 +741,86 @@ def _metrics(running: int = 0, waiting: int = 0, success: float = 5.0, tokens: f
         """)
 
 
-def test_idle_stop_off_by_default_installs_nothing(sandbox: Sandbox) -> None:
+def _started_units(run: Run) -> list[list[str]]:
+    """The project's own units started (Docker's aside)."""
+    return [
+        c
+        for c in run.named("systemctl")
+        if c[0] in ("start", "restart", "enable") and c[-1].startswith("llm-endpoint")
+    ]
+
+
+def test_autostop_is_installed_after_ready_by_default(sandbox: Sandbox) -> None:
+    """stopOnFailure (on by default) alone installs the check: a vLLM that dies after it was
+    ready must not bill forever, even with idle stop off."""
     run = sandbox.run()
-    assert run.returncode == 0
-    assert not (sandbox.root / "etc/systemd/system/llm-endpoint-idle.timer").exists()
-    started = [c for c in run.named("systemctl") if c[0] in ("start", "restart", "enable")]
-    assert started == [["restart", "docker"]]
+    assert run.returncode == 0, run.output
+    check = sandbox.root / AUTOSTOP_CHECK
+    assert check.read_text() == render_autostop_check(PARAMS)
+    assert stat.S_IMODE(check.stat().st_mode) == 0o755
+    units = sandbox.root / UNITS
+    assert (
+        "ExecStart=/usr/local/sbin/llm-endpoint-autostop"
+        in (units / "llm-endpoint-autostop.service").read_text()
+    )
+    assert "OnUnitActiveSec=1min" in (units / "llm-endpoint-autostop.timer").read_text()
+    assert _started_units(run) == [["restart", "llm-endpoint-autostop.timer"]]
+    # Started only once the endpoint is ready: the ready line comes first.
+    assert run.output.index("ready:") < run.output.index("autostop on:")
+    assert f"stays dead for {GRACE} minutes" in run.output
+    assert "idle stop on" not in run.output
+    # The rendered check judges death only.
+    text = render_autostop_check(PARAMS)
+    assert "readonly STOP_ON_FAILURE=1" in text and "readonly IDLE_STOP_SECONDS=0" in text
+
+
+def test_autostop_off_when_stop_on_failure_and_idle_stop_are_off(sandbox: Sandbox) -> None:
+    assert sandbox.run(IDLE).returncode == 0
+    assert (sandbox.root / UNITS / "llm-endpoint-autostop.timer").exists()
+    sandbox.reboot("boot-2")
+    run = sandbox.run(NO_STOP)
+    assert run.returncode == 0, run.output
+    assert not (sandbox.root / UNITS / "llm-endpoint-autostop.timer").exists()
+    assert not (sandbox.root / AUTOSTOP_CHECK).exists()
+    assert _started_units(run) == []
+    assert "autostop off" in run.output
+    # A fresh VM with both off installs nothing either.
+    sandbox.reboot("boot-3")
+    (sandbox.root / "etc/docker/daemon.json").unlink()
+    run = sandbox.run(NO_STOP)
+    assert run.returncode == 0, run.output
+    assert _started_units(run) == []
+    assert ["restart", "docker"] in run.named("systemctl")  # a first boot indeed
+    assert not (sandbox.root / UNITS).exists() or not any((sandbox.root / UNITS).iterdir())
 
 
 def test_idle_stop_is_installed_after_ready(sandbox: Sandbox) -> None:
     run = sandbox.run(IDLE)
     assert run.returncode == 0, run.output
-    check = sandbox.root / "usr/local/sbin/llm-endpoint-idle-check"
-    assert check.read_text() == render_idle_check(IDLE)
-    assert stat.S_IMODE(check.stat().st_mode) == 0o755
-    units = sandbox.root / "etc/systemd/system"
-    assert (
-        "ExecStart=/usr/local/sbin/llm-endpoint-idle-check"
-        in (units / "llm-endpoint-idle.service").read_text()
-    )
-    assert "OnUnitActiveSec=1min" in (units / "llm-endpoint-idle.timer").read_text()
-    systemctl = run.named("systemctl")
-    assert ["restart", "llm-endpoint-idle.timer"] in systemctl
-    # Started only once the endpoint is ready: the ready line comes first.
+    check = sandbox.root / AUTOSTOP_CHECK
+    assert check.read_text() == render_autostop_check(IDLE)
+    assert ["restart", "llm-endpoint-autostop.timer"] in run.named("systemctl")
     assert run.output.index("ready:") < run.output.index("idle stop on")
-    # Turned off again by a later boot with idleStopMinutes 0.
+    # Turned off again by a later boot with idleStopMinutes 0: the check remains, for death only.
     sandbox.reboot("boot-2")
     run = sandbox.run(PARAMS)
     assert run.returncode == 0
-    assert not (units / "llm-endpoint-idle.timer").exists()
-    assert not check.exists()
+    assert check.read_text() == render_autostop_check(PARAMS)
+    assert "idle stop on" not in run.output
 
 
-def _idle_check(sandbox: Sandbox, minutes_later: int, metrics: str | None) -> Run:
+def _autostop(
+    sandbox: Sandbox,
+    minutes_later: int,
+    metrics: str | None = None,
+    *,
+    dead: bool = False,
+    status: str = "running",
+    health: str = "healthy",
+) -> Run:
+    """One run of the installed check, `minutes_later` after the clock's start, with vLLM's
+    /metrics answering `metrics` (None: unreachable), its /health failing when `dead`, and its
+    container in Docker state `status`/`health`."""
     clock = sandbox.state / "clock"
     clock.write_text(f"{CLOCK_START + minutes_later * 60}\n")
     metrics_file = sandbox.state / "metrics"
@@ -759,10 +828,126 @@ def _idle_check(sandbox: Sandbox, minutes_later: int, metrics: str | None) -> Ru
         metrics_file.unlink(missing_ok=True)
     else:
         metrics_file.write_text(metrics)
-    check = (sandbox.root / "usr/local/sbin/llm-endpoint-idle-check").read_text()
-    run = sandbox.run_script(check, "idle-check.sh", LLM_CONSOLE=str(sandbox.path / "console"))
+    dead_file = sandbox.state / "vllm_dead"
+    if dead:
+        dead_file.write_text("")
+    else:
+        dead_file.unlink(missing_ok=True)
+    sandbox.set_container("llm-vllm", status)
+    (sandbox.state / "containers/llm-vllm.health").write_text(health)
+    check = (sandbox.root / AUTOSTOP_CHECK).read_text()
+    run = sandbox.run_script(check, "autostop.sh", LLM_CONSOLE=str(sandbox.path / "console"))
     assert run.returncode == 0, run.output
     return run
+
+
+# Death (stopOnFailure).
+
+
+def test_vllm_dead_after_ready_powers_off_after_the_grace_period_not_before(
+    sandbox: Sandbox,
+) -> None:
+    assert sandbox.run().returncode == 0
+    (sandbox.path / "console").write_text("")
+    assert not _autostop(sandbox, 1).powered_off  # healthy
+    # The crash loop is over: the container exited and /health is refused.
+    for minute in range(2, 2 + GRACE):
+        run = _autostop(sandbox, minute, dead=True, status="exited", health="unhealthy")
+        assert not run.powered_off, minute
+    assert f"the VM powers off if that lasts {GRACE} min" in run.output
+    run = _autostop(sandbox, 2 + GRACE, dead=True, status="exited", health="unhealthy")
+    assert run.named("poweroff") == [[]]
+    assert f"vLLM has not been healthy for {GRACE} minutes" in run.output
+    assert "container llm-vllm: exited" in run.output
+    assert "vLLM is dead (gcp.stopOnFailure): powering the VM off" in run.output
+    # Why, with vLLM's last lines, and how to start it again: in the journal and on the console.
+    assert "  vllm| torch.OutOfMemoryError: CUDA out of memory" in run.output
+    start = (
+        "gcloud compute instances start llm-dev-vm --zone us-central1-a --project llm-endpoint-dev"
+    )
+    assert start in run.output
+    console = (sandbox.path / "console").read_text()
+    for line in ("vLLM is dead (gcp.stopOnFailure): powering the VM off", start, "vllm| torch"):
+        assert line in console
+    health_urls = {c[-1] for c in run.named("curl") if c[-1].endswith("/health")}
+    assert health_urls == {"http://127.0.0.1:8001/health"}
+
+
+def test_vllm_hung_while_its_container_runs_powers_off(sandbox: Sandbox) -> None:
+    """Docker does not restart a container whose health check fails: only this check stops it."""
+    assert sandbox.run().returncode == 0
+    for minute in range(1, 1 + GRACE):
+        assert not _autostop(sandbox, minute, dead=True, health="unhealthy").powered_off
+    run = _autostop(sandbox, 1 + GRACE, dead=True, health="unhealthy")
+    assert run.powered_off
+    assert "container llm-vllm: running, health unhealthy" in run.output
+
+
+def test_vllm_container_gone_powers_off(sandbox: Sandbox) -> None:
+    assert sandbox.run().returncode == 0
+    assert not _autostop(sandbox, 1, dead=True, status="exited").powered_off
+    (sandbox.state / "containers/llm-vllm").unlink()
+    check = (sandbox.root / AUTOSTOP_CHECK).read_text()
+    (sandbox.state / "clock").write_text(f"{CLOCK_START + (1 + GRACE) * 60}\n")
+    run = sandbox.run_script(check, "autostop.sh", LLM_CONSOLE=str(sandbox.path / "console"))
+    assert run.returncode == 0, run.output
+    assert run.powered_off
+    assert "container llm-vllm: missing" in run.output
+
+
+def test_brief_outage_shorter_than_the_grace_period_does_not_power_off(sandbox: Sandbox) -> None:
+    assert sandbox.run().returncode == 0
+    for minute in range(1, GRACE):
+        assert not _autostop(sandbox, minute, dead=True, health="unhealthy").powered_off
+    assert not _autostop(sandbox, GRACE, health="healthy").powered_off  # back
+    # The next outage starts a new grace period: no carry-over from the first.
+    for minute in range(GRACE + 1, 2 * GRACE + 1):
+        assert not _autostop(sandbox, minute, dead=True, health="unhealthy").powered_off
+    assert _autostop(sandbox, 2 * GRACE + 1, dead=True, health="unhealthy").powered_off
+
+
+def test_restart_in_progress_does_not_power_off(sandbox: Sandbox) -> None:
+    """A crash that Docker restarts: the model reloads for longer than the grace period while
+    the container is 'restarting' or in its health-check start period ('starting')."""
+    assert sandbox.run().returncode == 0
+    assert not _autostop(sandbox, 1, dead=True, status="restarting", health="unhealthy").powered_off
+    for minute in range(2, 3 * GRACE):
+        run = _autostop(sandbox, minute, dead=True, health="starting")
+        assert not run.powered_off, minute
+    assert "vLLM is restarting (container llm-vllm: running, health starting)" in run.output
+    assert not _autostop(sandbox, 3 * GRACE, health="healthy").powered_off  # reloaded
+    # A restart that never gets healthy: once Docker's start period ends it is 'unhealthy'
+    # and the grace period runs from there.
+    for minute in range(3 * GRACE + 1, 4 * GRACE + 1):
+        assert not _autostop(sandbox, minute, dead=True, health="unhealthy").powered_off
+    assert _autostop(sandbox, 4 * GRACE + 1, dead=True, health="unhealthy").powered_off
+
+
+def test_a_new_ready_resets_the_dead_clock(sandbox: Sandbox) -> None:
+    """A rerun of the startup script (same boot) that gets vLLM ready again starts afresh."""
+    assert sandbox.run().returncode == 0
+    for minute in range(1, GRACE):
+        assert not _autostop(sandbox, minute, dead=True, status="exited").powered_off
+    assert sandbox.run().returncode == 0  # replaces the dead container, ready again
+    assert (sandbox.root / "var/lib/llm-endpoint/dead-state").read_text() == "0 healthy\n"
+    assert not _autostop(sandbox, GRACE + 1, dead=True, status="exited").powered_off
+
+
+def test_stop_on_failure_off_never_powers_off_a_dead_vllm(sandbox: Sandbox) -> None:
+    params = replace(NO_STOP, idle_stop_minutes=60)  # the check runs, for idleness only
+    assert sandbox.run(params).returncode == 0
+    text = render_autostop_check(params)
+    assert "readonly STOP_ON_FAILURE=0" in text
+    for minute in range(1, 59, 3):
+        run = _autostop(
+            sandbox, minute, _metrics(success=float(minute)), dead=True, status="exited"
+        )
+        assert not run.powered_off, minute
+    assert [c for c in run.named("curl") if c[-1].endswith("/health")] == []
+    assert run.named("docker") == []
+
+
+# Idle stop (gcp.idleStopMinutes): unchanged by the death check, with vLLM healthy.
 
 
 def test_idle_stop_fires_only_when_idle(sandbox: Sandbox) -> None:
@@ -770,15 +955,15 @@ def test_idle_stop_fires_only_when_idle(sandbox: Sandbox) -> None:
     (sandbox.path / "console").write_text("")
     # Served requests keep moving the counters: never idle.
     for minute, success in ((10, 5.0), (25, 6.0), (50, 9.0)):
-        assert not _idle_check(sandbox, minute, _metrics(success=success)).powered_off
+        assert not _autostop(sandbox, minute, _metrics(success=success)).powered_off
     # Nothing new for 29 minutes: still up.
-    assert not _idle_check(sandbox, 79, _metrics(success=9.0)).powered_off
+    assert not _autostop(sandbox, 79, _metrics(success=9.0)).powered_off
     # A long generation in flight counts as busy even though no counter moved.
-    assert not _idle_check(sandbox, 85, _metrics(success=9.0, running=1)).powered_off
-    assert not _idle_check(sandbox, 114, _metrics(success=9.0, waiting=2)).powered_off
+    assert not _autostop(sandbox, 85, _metrics(success=9.0, running=1)).powered_off
+    assert not _autostop(sandbox, 114, _metrics(success=9.0, waiting=2)).powered_off
     # 30 minutes after the last busy sample with no change: power off, and say why.
-    run = _idle_check(sandbox, 144, _metrics(success=9.0))
-    assert run.powered_off
+    run = _autostop(sandbox, 144, _metrics(success=9.0))
+    assert run.named("poweroff") == [[]]
     assert "served nothing for 30 minutes" in run.output
     assert "gcloud compute instances start llm-dev-vm --zone us-central1-a" in run.output
     assert "powering the VM off" in (sandbox.path / "console").read_text()
@@ -796,27 +981,43 @@ def test_idle_stop_reads_the_vllm_standin_metrics(sandbox: Sandbox) -> None:
             return requests.get(f"{vllm.url}/metrics", timeout=5).text
 
         assert "vllm:request_success_total" in scrape()
-        assert not _idle_check(sandbox, 5, scrape(request_success_total=1.0)).powered_off
-        assert not _idle_check(sandbox, 30, scrape(num_requests_running=1.0)).powered_off
-        assert not _idle_check(sandbox, 59, scrape(num_requests_running=0.0)).powered_off
-        assert not _idle_check(sandbox, 61, scrape(generation_tokens_total=50.0)).powered_off
-        assert _idle_check(sandbox, 91, scrape()).powered_off
+        assert not _autostop(sandbox, 5, scrape(request_success_total=1.0)).powered_off
+        assert not _autostop(sandbox, 30, scrape(num_requests_running=1.0)).powered_off
+        assert not _autostop(sandbox, 59, scrape(num_requests_running=0.0)).powered_off
+        assert not _autostop(sandbox, 61, scrape(generation_tokens_total=50.0)).powered_off
+        assert _autostop(sandbox, 91, scrape()).powered_off
 
 
 def test_idle_stop_never_fires_on_metrics_it_cannot_read(sandbox: Sandbox) -> None:
     assert sandbox.run(IDLE).returncode == 0
     renamed = _metrics().replace("vllm:", "vllm_v2:")
     for minute in (10, 40, 70):
-        run = _idle_check(sandbox, minute, renamed)
+        run = _autostop(sandbox, minute, renamed)
         assert not run.powered_off
     assert "none of the series the idle check reads" in run.output
 
 
-def test_idle_stop_counts_an_unreachable_vllm_as_idle(sandbox: Sandbox) -> None:
-    assert sandbox.run(IDLE).returncode == 0
-    assert not _idle_check(sandbox, 1, None).powered_off
-    assert not _idle_check(sandbox, 30, None).powered_off
-    assert _idle_check(sandbox, 31, None).powered_off
+@pytest.mark.parametrize("stop_on_failure", [True, False], ids=["stop-on-failure", "no-stop"])
+def test_idle_stop_counts_an_unreachable_vllm_as_idle(
+    sandbox: Sandbox, stop_on_failure: bool
+) -> None:
+    """Unchanged: /metrics unreachable is idle. A restart in progress (so no death yet) does
+    not hold the idle stop back."""
+    assert sandbox.run(replace(IDLE, stop_on_failure=stop_on_failure)).returncode == 0
+    for minute in (1, 30):
+        assert not _autostop(sandbox, minute, None, dead=True, health="starting").powered_off
+    run = _autostop(sandbox, 31, None, dead=True, health="starting")
+    assert run.named("poweroff") == [[]]
+    assert "served nothing for 30 minutes" in run.output
+
+
+def test_idle_stop_only_when_stop_on_failure_is_off(sandbox: Sandbox) -> None:
+    """With stopOnFailure off and idle stop on, the idle stop still fires."""
+    params = replace(NO_STOP, idle_stop_minutes=30)
+    assert sandbox.run(params).returncode == 0
+    assert not _autostop(sandbox, 1, _metrics()).powered_off
+    assert not _autostop(sandbox, 30, _metrics()).powered_off
+    assert _autostop(sandbox, 31, _metrics()).powered_off
 
 
 # --- the rendered text -----------------------------------------------------------------------
@@ -874,9 +1075,9 @@ def test_shellcheck_passes(tmp_path: Path, variant: str) -> None:
     params = VARIANTS[variant]
     files = [tmp_path / "startup.sh"]
     files[0].write_text(render_startup_script(params))
-    if params.idle_stop_minutes:
-        files.append(tmp_path / "idle-check.sh")
-        files[1].write_text(render_idle_check(params))
+    if needs_autostop(params):
+        files.append(tmp_path / "autostop.sh")
+        files[1].write_text(render_autostop_check(params))
     result = subprocess.run(
         [shellcheck, "--shell=bash", *map(str, files)],
         capture_output=True,
