@@ -6,11 +6,18 @@ request: the safety net against pods that bill on after a failed or interrupted 
     python -m scripts.runpod_pods --known-ids abc123 def456 --delete-unknown --yes
 
 Pods are recognised by name (infra/runpod/naming.py: `llm-endpoint-<stack>-<n>-<hex>`). A pod is
-"known" when its id is in `runpod_pod_ids` of `pulumi stack output --json --stack <stack>`, or
-in --known-ids (for machines without the Pulumi CLI: pass the ids of every stack and no --stack).
-With --stack, only that stack's pods are judged; with only --known-ids, every pod of this
-project is. When a stack's outputs cannot be read, nothing is judged or deleted. The RunPod key
-comes from RUNPOD_API_KEY, else from `pulumi config get runpodApiKey` of the first --stack.
+"known" when its id is a RunpodPod resource in `pulumi stack export --stack <stack>` (the state,
+which also holds pods of a failed update that the outputs miss) or in `runpod_pod_ids` of
+`pulumi stack output --json --stack <stack>`, or in --known-ids (for machines without the Pulumi
+CLI: pass the ids of every stack and no --stack). With --stack, only that stack's pods are
+judged; with only --known-ids, every pod of this project is. When a stack cannot be read,
+nothing is judged or deleted. The RunPod key comes from RUNPOD_API_KEY, else from
+`pulumi config get runpodApiKey` of the first --stack.
+
+A pod younger than --min-age-minutes (default 30) is shown as "NEW (too young to judge)" and
+never deleted: a `pulumi up` in progress has pods that no state or output records yet, for up to
+the stack's `runpod.readyTimeoutMinutes` (default 20). With a longer ready timeout, pass a
+larger --min-age-minutes.
 
 Exit status: 0 nothing unknown is left running, 1 unknown pods remain, 2 usage or API error.
 """
@@ -25,14 +32,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TextIO
 
 from infra.runpod.client import API_KEY_ENV, RunpodClient
-from infra.runpod.errors import KEY_HELP, RunpodError
+from infra.runpod.errors import KEY_HELP, RunpodError, redact
 from infra.runpod.lifecycle import PodLifecycle
 from infra.runpod.naming import is_project_pod, stack_pattern
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
+# Longer than the default ready timeout (20 min) plus a margin: a pod of a `pulumi up` still
+# waiting for readiness is in no state or output yet.
+DEFAULT_MIN_AGE_MINUTES = 30.0
+TOO_YOUNG = "NEW (too young to judge)"
 
 
 class UsageError(Exception):
@@ -45,7 +57,7 @@ class PodRow:
     name: str
     status: str
     cost_per_hour: float
-    verdict: str  # "known", "UNKNOWN" or "other stack"
+    verdict: str  # "known", "UNKNOWN", "other stack" or TOO_YOUNG
 
 
 def _pulumi(run: Run, *args: str) -> str:
@@ -62,9 +74,35 @@ def _pulumi(run: Run, *args: str) -> str:
     return done.stdout
 
 
+def _state_pod_ids(export: dict[str, Any]) -> set[str]:
+    """Ids of the RunpodPod resources in a `pulumi stack export` (ids and types are plain text
+    there; secret values stay encrypted and are not read)."""
+    deployment = export.get("deployment") or {}
+    resources = list(deployment.get("resources") or [])
+    resources += [op.get("resource") or {} for op in deployment.get("pending_operations") or []]
+    ids = set()
+    for res in resources:
+        kind = str(res.get("type", ""))
+        outputs = res.get("outputs") or {}
+        if kind.endswith(":RunpodPod") or (
+            kind.startswith("pulumi-python:dynamic") and "podId" in outputs
+        ):
+            ids |= {str(v) for v in (res.get("id"), outputs.get("podId")) if v}
+    return ids
+
+
 def stack_pod_ids(run: Run, stack: str) -> set[str]:
     outputs = json.loads(_pulumi(run, "stack", "output", "--json", "--stack", stack) or "{}")
-    return {str(i) for i in outputs.get("runpod_pod_ids") or []}
+    export = json.loads(_pulumi(run, "stack", "export", "--stack", stack) or "{}")
+    return {str(i) for i in outputs.get("runpod_pod_ids") or []} | _state_pod_ids(export)
+
+
+def _age_s(pod: dict[str, Any], now: float) -> float | None:
+    try:
+        created = datetime.fromisoformat(str(pod.get("createdAt")))
+    except ValueError:
+        return None
+    return now - created.timestamp()
 
 
 def api_key(run: Run, stacks: Sequence[str]) -> str:
@@ -82,8 +120,14 @@ def api_key(run: Run, stacks: Sequence[str]) -> str:
 
 
 def classify(
-    pods: Sequence[dict[str, Any]], stacks: Sequence[str], known: set[str]
+    pods: Sequence[dict[str, Any]],
+    stacks: Sequence[str],
+    known: set[str],
+    *,
+    now: float,
+    min_age_s: float,
 ) -> list[PodRow]:
+    """`now` is wall-clock epoch seconds. A pod whose age is unknown counts as too young."""
     patterns = [stack_pattern(s) for s in stacks]
     rows = []
     for pod in pods:
@@ -95,6 +139,8 @@ def classify(
             verdict = "known"
         elif patterns and not any(p.match(name) for p in patterns):
             verdict = "other stack"
+        elif (age := _age_s(pod, now)) is None or age < min_age_s:
+            verdict = TOO_YOUNG
         else:
             verdict = "UNKNOWN"
         rows.append(
@@ -108,6 +154,7 @@ def render(rows: Sequence[PodRow], out: TextIO) -> None:
         print("No pods of this project at RunPod.", file=out)
         return
     print(f"{'ID':<16} {'NAME':<40} {'STATUS':<13} {'$/HOUR':>7}  STATE", file=out)
+    young = [r for r in rows if r.verdict == TOO_YOUNG]
     for r in rows:
         print(
             f"{r.id:<16} {r.name:<40} {r.status:<13} {r.cost_per_hour:>7.2f}  {r.verdict}",
@@ -121,6 +168,12 @@ def render(rows: Sequence[PodRow], out: TextIO) -> None:
             "Delete them with --delete-unknown.",
             file=out,
         )
+    if young:
+        print(
+            f"{len(young)} pod(s) too young to judge (a `pulumi up` may still be creating "
+            "them); they are never deleted. Run this again later.",
+            file=out,
+        )
 
 
 def main(
@@ -131,6 +184,7 @@ def main(
     out: TextIO = sys.stdout,
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
 ) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.runpod_pods", description=__doc__.split("\n\n")[0]
@@ -141,6 +195,13 @@ def main(
     )
     parser.add_argument("--delete-unknown", action="store_true")
     parser.add_argument("--yes", action="store_true", help="do not ask before deleting")
+    parser.add_argument(
+        "--min-age-minutes",
+        type=float,
+        default=DEFAULT_MIN_AGE_MINUTES,
+        help="never judge pods younger than this (default %(default)g; keep it above the "
+        "stacks' runpod.readyTimeoutMinutes)",
+    )
     args = parser.parse_args(argv)
     err = sys.stderr if out is sys.stdout else out
     try:
@@ -160,7 +221,13 @@ def main(
             raise UsageError("cannot read the stacks' pods: " + "; ".join(unreadable))
         key = api_key(run, args.stack)
         with RunpodClient(key, sleep=sleep) as client:
-            rows = classify(client.list_pods(), args.stack, known)
+            rows = classify(
+                client.list_pods(),
+                args.stack,
+                known,
+                now=wall(),
+                min_age_s=max(0.0, args.min_age_minutes) * 60,
+            )
             render(rows, out)
             unknown = [r for r in rows if r.verdict == "UNKNOWN"]
             if not unknown or not args.delete_unknown:
@@ -178,7 +245,7 @@ def main(
                     print(f"deleted {row.id} ({row.name})", file=out)
                 except RunpodError as e:
                     failed += 1
-                    print(f"FAILED to delete {row.id}: {e}", file=err)
+                    print(f"FAILED to delete {row.id}: {redact(str(e), [key])}", file=err)
             return 1 if failed else 0
     except UsageError as e:
         print(f"runpod_pods: {e}", file=err)

@@ -141,6 +141,10 @@ def test_engine_lifecycle_through_the_dynamic_provider_host(host, emulator):
     assert _dict(updated.properties)["image"] == new_image
     assert emulator.pods[pod_id].body["image"] == new_image
     assert [m for m, _, _ in emulator.requests].count("PATCH") == 1
+    # The PATCH alone does not restart the container: the documented restart action did.
+    actions = [b for m, p, b in emulator.requests if p == f"/v2/pods/{pod_id}/action"]
+    assert actions == [{"action": "restart"}]
+    assert emulator.pods[pod_id].container["image"] == new_image
 
     host.Delete(provider_pb2.DeleteRequest(id=pod_id, urn=URN, properties=updated.properties))
     assert emulator.live_pods() == []

@@ -34,14 +34,37 @@ def fleet(emulator: RunpodEmulator, leaks: Leaks, monkeypatch: pytest.MonkeyPatc
     return pods
 
 
-def pulumi_outputs(by_stack: dict[str, list[str]]):
+POD_TYPE = "pulumi-python:dynamic/llm-endpoint:RunpodPod"
+
+
+def export_of(state_ids: list[str], creating: bool = False) -> dict[str, Any]:
+    """A `pulumi stack export` document holding these RunpodPod resources."""
+    resources: list[dict[str, Any]] = [
+        {
+            "urn": "urn:pulumi:runpod::llm-endpoint::pulumi:pulumi:Stack::x",
+            "type": "pulumi:pulumi:Stack",
+        }
+    ]
+    resources += [
+        {"urn": f"urn:x::{i}", "type": POD_TYPE, "id": i, "outputs": {"podId": i}}
+        for i in state_ids
+    ]
+    return {"version": 3, "deployment": {"resources": resources, "pending_operations": []}}
+
+
+def pulumi_outputs(by_stack: dict[str, list[str]], state: dict[str, list[str]] | None = None):
+    """A fake `pulumi`: stack outputs list `by_stack`; the state holds `state` (default: the
+    same ids)."""
     calls: list[list[str]] = []
 
     def run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         calls.append(argv)
-        assert argv[:4] == ["pulumi", "stack", "output", "--json"]
         stack = argv[argv.index("--stack") + 1]
-        body = json.dumps({"runpod_pod_ids": by_stack[stack], "api_key": "[secret]"})
+        if argv[:4] == ["pulumi", "stack", "output", "--json"]:
+            body = json.dumps({"runpod_pod_ids": by_stack[stack], "api_key": "[secret]"})
+        else:
+            assert argv[:3] == ["pulumi", "stack", "export"]
+            body = json.dumps(export_of((state or by_stack)[stack]))
         return subprocess.CompletedProcess(argv, 0, body, "")
 
     return run, calls
@@ -57,7 +80,10 @@ def test_lists_pods_and_flags_the_ones_no_stack_knows(fleet, emulator):
     code = runpod_pods.main(["--stack", "runpod"], run=run, out=out)
     text = out.getvalue()
     assert code == 1
-    assert calls == [["pulumi", "stack", "output", "--json", "--stack", "runpod"]]
+    assert calls == [
+        ["pulumi", "stack", "output", "--json", "--stack", "runpod"],
+        ["pulumi", "stack", "export", "--stack", "runpod"],
+    ]
     lines = {line.split()[0]: line for line in text.splitlines() if line[:1].isalnum()}
     assert lines[fleet["leaked"]].endswith("UNKNOWN")
     assert lines[fleet["known0"]].endswith("known")
@@ -106,6 +132,80 @@ def test_delete_unknown_with_yes_deletes_only_the_unknown_pod(fleet, emulator, c
     assert sorted(emulator.live_pods()) == sorted(
         fleet[k] for k in ("known0", "known1", "other", "foreign")
     )
+
+
+def test_young_pods_are_never_judged_or_deleted(fleet, emulator, clock):
+    run, _ = pulumi_outputs({"runpod": [fleet["known0"], fleet["known1"]]})
+    argv = ["--stack", "runpod", "--delete-unknown", "--yes"]
+    kwargs: dict[str, Any] = {"run": run, "sleep": clock.sleep, "now": clock.now, "wall": clock.now}
+    clock.advance(29 * 60)  # the fleet is 29 minutes old: a `pulumi up` may still own them
+    out = io.StringIO()
+    assert runpod_pods.main(argv, out=out, **kwargs) == 0
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines() if line[:1].isalnum()}
+    assert lines[fleet["leaked"]].endswith("NEW (too young to judge)")
+    assert "too young to judge" in out.getvalue() and "never deleted" in out.getvalue()
+    assert fleet["leaked"] in emulator.live_pods()
+    assert not [m for m, _, _ in emulator.requests if m == "DELETE"]
+
+    clock.advance(2 * 60)  # 31 minutes: old enough
+    out = io.StringIO()
+    assert runpod_pods.main(argv, out=out, **kwargs) == 0
+    assert f"deleted {fleet['leaked']}" in out.getvalue()
+    assert fleet["leaked"] not in emulator.live_pods()
+
+    young = emulator.add_pod("llm-endpoint-runpod-2-0badf00d")
+    out = io.StringIO()
+    assert runpod_pods.main([*argv, "--min-age-minutes", "0"], out=out, **kwargs) == 0
+    assert f"deleted {young}" in out.getvalue()
+
+
+def test_pods_in_the_state_but_not_in_the_outputs_are_known(fleet, emulator, clock):
+    # A failed update: known1 is in the stack's state, but the outputs were not written.
+    run, _ = pulumi_outputs(
+        {"runpod": [fleet["known0"]]}, state={"runpod": [fleet["known0"], fleet["known1"]]}
+    )
+    out = io.StringIO()
+    code = runpod_pods.main(
+        ["--stack", "runpod", "--delete-unknown", "--yes"],
+        run=run,
+        out=out,
+        sleep=clock.sleep,
+        now=clock.now,
+    )
+    assert code == 0
+    assert fleet["known1"] in emulator.live_pods()
+    assert fleet["leaked"] not in emulator.live_pods()
+
+
+def test_a_real_pulumi_command_on_path_is_read(fleet, emulator, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "export.json").write_text(json.dumps(export_of([fleet["known0"], fleet["known1"]])))
+    (tmp_path / "outputs.json").write_text(json.dumps({"runpod_pod_ids": [fleet["known0"]]}))
+    fake = bin_dir / "pulumi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'[ "$2" = export ] && exec cat {tmp_path / "export.json"}\n'
+        f'[ "$2" = output ] && exec cat {tmp_path / "outputs.json"}\n'
+        "exit 3\n"
+    )
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env |= emulator.env() | {"RUNPOD_API_KEY": RUNPOD_KEY, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.runpod_pods", "--stack", "runpod"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr  # the leaked pod is UNKNOWN
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line[:1].isalnum()}
+    assert lines[fleet["known1"]].endswith("known")  # from the state, not the outputs
+    assert lines[fleet["leaked"]].endswith("UNKNOWN")
+    emulator.pods.pop(fleet["leaked"])
 
 
 def test_without_pulumi_cli_nothing_is_judged_and_the_message_says_what_to_do(fleet, emulator):
@@ -158,6 +258,8 @@ def test_runs_as_a_module_against_the_emulator():
                 "--known-ids",
                 "--delete-unknown",
                 "--yes",
+                "--min-age-minutes",
+                "0",
             ],
             check=False,
             cwd=ROOT,

@@ -12,9 +12,10 @@ from typing import Any
 
 import dill
 import pytest
+import requests
 from pulumi.dynamic import DiffResult
 
-from infra.runpod import bootstrap
+from infra.runpod import bootstrap, client, lifecycle
 from infra.runpod.errors import (
     AuthError,
     DeleteError,
@@ -29,6 +30,7 @@ from tests.support.runpod_testing import (
     ENDPOINT_KEY,
     HF_TOKEN,
     IMAGE,
+    NEW_ENDPOINT_KEY,
     RUNPOD_KEY,
     SECRETS,
     SERVING,
@@ -164,16 +166,72 @@ def test_rate_limit_waits_for_retry_after(provider, emulator, clock):
     provider.delete(result.id, result.outs)
 
 
-def test_5xx_before_creating_looks_up_by_name_then_retries(provider, emulator):
+def test_5xx_before_creating_backs_off_and_looks_up_by_name_between_the_posts(provider, emulator):
     emulator.faults.create_5xx_before = 1
     result = provider.create(checked(provider))
     bodies = posts(emulator)
     assert len(bodies) == 2
     assert bodies[0]["name"] == bodies[1]["name"] == result.outs["podName"]
-    lookups = [p for m, p, _ in emulator.requests if m == "GET" and p == "/v2/pods"]
-    assert lookups, "the pod must be looked up by name before the POST is repeated"
+    creates = [(t, m, p) for t, m, p in emulator.timeline if p == "/v2/pods"]
+    assert [m for _, m, _ in creates] == ["POST", "GET", "POST"]
+    (first_post, _, _), (lookup, _, _), (second_post, _, _) = creates
+    # The lookup waits for a pod still being made to be listed, and comes right before the POST.
+    assert lookup - first_post >= lifecycle.LOST_CREATE_BACKOFF_S
+    assert second_post == lookup
     assert len(emulator.pods) == 1
     provider.delete(result.id, result.outs)
+
+
+def test_a_pod_listed_only_after_a_while_is_found_not_duplicated(provider, emulator):
+    emulator.faults.create_5xx_after = 1
+    emulator.faults.list_lag_s = 5  # GET /v2/pods shows a new pod only after 5 s
+    result = provider.create(checked(provider))
+    assert len(posts(emulator)) == 1
+    assert list(emulator.pods) == [result.id]
+    provider.delete(result.id, result.outs)
+
+
+def test_several_pods_under_the_name_keep_one_and_delete_the_others(provider, emulator):
+    # The first pod is not listed yet at the first lookup, so the POST is repeated and makes
+    # a second; the next lookup sees both.
+    emulator.faults.create_5xx_after = 2
+    emulator.faults.list_lag_s = lifecycle.LOST_CREATE_BACKOFF_S * 1.5
+    result = provider.create(checked(provider))
+    assert len(posts(emulator)) == 2
+    first, second = list(emulator.pods)
+    assert result.id == first  # the oldest is kept
+    assert emulator.live_pods() == [first]
+    assert ("DELETE", f"/v2/pods/{second}") in [(m, p) for m, p, _ in emulator.requests]
+    provider.delete(result.id, result.outs)
+
+
+def test_unreadable_201_is_a_lost_answer_and_the_pod_is_found(provider, emulator):
+    emulator.faults.create_bad_body_after = 1
+    result = provider.create(checked(provider))
+    assert len(posts(emulator)) == 1
+    assert list(emulator.pods) == [result.id]
+    assert result.outs["status"] == "RUNNING"
+    provider.delete(result.id, result.outs)
+
+
+def test_interrupt_after_a_lost_create_deletes_the_pod_it_made(clock, emulator):
+    interrupted: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if not interrupted:  # Ctrl-C at the end of the first back-off
+            interrupted.append(seconds)
+            raise KeyboardInterrupt
+
+    provider = configured(RunpodPodProvider(now=clock.now, sleep=sleep))
+    emulator.faults.create_5xx_after = 1
+    emulator.faults.list_lag_s = 1  # not listed at once: nothing has recorded its id yet
+    with pytest.raises(KeyboardInterrupt):
+        provider.create(checked(provider))
+    assert interrupted, "the interrupt came during the back-off after the lost create"
+    assert len(emulator.pods) == 1
+    assert emulator.live_pods() == []
+    assert [m for m, _, _ in emulator.requests].count("DELETE") == 1
 
 
 @pytest.mark.parametrize("fault", ["create_5xx_after", "create_lost_after"])
@@ -192,10 +250,34 @@ def test_api_failing_on_every_create_gives_up_without_orphans(provider, emulator
     emulator.faults.create_5xx_before = 10
     with pytest.raises(PlacementError) as err:
         provider.create(checked(provider))
-    assert "kept failing" in str(err.value)
-    assert "nothing is billing" in str(err.value)
+    message = str(err.value)
+    assert "kept failing" in message
+    assert "nothing is billing" not in message
+    assert "was listed 60 s after the last attempt" in message
+    assert "python -m scripts.runpod_pods --stack <stack>" in message
     assert len(posts(emulator)) == 3
+    # Each POST was preceded (after the first) and the give-up followed by a lookup.
+    kinds = [m for _, m, p in emulator.timeline if p == "/v2/pods"]
+    assert kinds[:6] == ["POST", "GET", "POST", "GET", "POST", "GET"]
     assert emulator.pods == {}
+
+
+def test_logs_never_show_secrets_echoed_by_api_errors(provider, emulator, caplog):
+    emulator.faults.echo_env_in_errors = True
+    emulator.faults.no_capacity = {(A100_PCIE, None)}  # 400 quoting the env
+    emulator.faults.create_5xx_after = 1  # then 500 quoting the env
+    result = provider.create(checked(provider))
+    assert "no capacity on" in caplog.text and "got no clear answer" in caplog.text
+    assert "<secret>" in caplog.text
+    assert_no_secret(caplog.text)
+    provider.delete(result.id, result.outs)
+
+
+def test_retry_after_is_capped(provider, emulator, clock):
+    emulator.faults.rate_limited = {"GET /v2/pods/{id}": 2}
+    emulator.faults.retry_after_s = 3600
+    assert provider.read("nope", {}).id == ""
+    assert clock.slept == [client.MAX_RETRY_AFTER_S] * 2 == [120.0, 120.0]
 
 
 @pytest.mark.parametrize("echo", [False, True])
@@ -380,6 +462,17 @@ def test_check_names_each_bad_field(provider, emulator):
     assert [(f.property, "at least 29" in f.reason) for f in small] == [("containerDiskGb", True)]
     with_volume = provider.check({}, pod_inputs(containerDiskGb=20, volumeGb=30)).failures
     assert with_volume == []
+    for untagged in (
+        "ghcr.io/example/llm-endpoint-vllm",
+        "registry.example:5000/llm-endpoint-vllm",
+        "ghcr.io/example/llm-endpoint-vllm:",
+    ):
+        failures = provider.check({}, pod_inputs(image=untagged)).failures
+        assert [f.property for f in failures] == ["image"], untagged
+        assert "tag" in failures[0].reason
+    digest = "ghcr.io/example/llm-endpoint-vllm@sha256:" + "a" * 64
+    assert provider.check({}, pod_inputs(image=digest)).failures == []
+    assert provider.check({}, pod_inputs(image="registry.example:5000/x/y:v1")).failures == []
     no_key = pod_inputs()
     del no_key["apiKey"]
     assert [f.property for f in provider.check({}, no_key).failures] == ["apiKey"]
@@ -407,7 +500,7 @@ def test_diff_marks_replacements_and_in_place_changes(provider, emulator):
     image = diff(image="ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy2")
     assert image.changes is True and image.replaces == []
 
-    key = diff(apiKey="AnotherEndpointKey-0123456789abcdefghijklmnop")
+    key = diff(apiKey=NEW_ENDPOINT_KEY)
     assert key.changes is True and key.replaces == []
 
     count = diff(gpuCount=2)
@@ -447,6 +540,103 @@ def test_update_in_place_patches_and_waits_until_serving_again(provider, emulato
     assert clock.now() - before >= 90  # restarted container had to come up again
     assert list(emulator.pods) == [created.id]  # same pod, no replacement
     provider.delete(created.id, updated.outs)
+
+
+NEW_KEY = NEW_ENDPOINT_KEY
+NEW_IMAGE = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy2"
+
+
+def _models_status(emulator: RunpodEmulator, pod_id: str, key: str) -> int:
+    url = emulator.proxy_url_template.format(pod_id=pod_id, port=8000) + "/v1/models"
+    return requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+
+
+def _started_at(emulator: RunpodEmulator, pod_id: str) -> str | None:
+    view = emulator._view(pod_id, emulator.pods[pod_id])
+    assert view is not None
+    started: str | None = view["startedAt"]
+    return started
+
+
+def _pod_calls(emulator: RunpodEmulator, pod_id: str) -> list[tuple[str, str, Any]]:
+    return [
+        (m, p.removeprefix(f"/v2/pods/{pod_id}"), b)
+        for m, p, b in emulator.requests
+        if m in ("PATCH", "POST") and p.startswith(f"/v2/pods/{pod_id}")
+    ]
+
+
+def test_update_restarts_the_container_and_waits_for_the_new_one(provider, emulator, clock):
+    created = provider.create(checked(provider))
+    before = _started_at(emulator, created.id)
+    assert _models_status(emulator, created.id, ENDPOINT_KEY) == 200
+
+    news = checked(provider, apiKey=NEW_KEY, image=NEW_IMAGE)
+    updated = provider.update(created.id, {**created.outs, "__provider": "x"}, news)
+
+    calls = _pod_calls(emulator, created.id)
+    assert [(m, p) for m, p, _ in calls] == [("PATCH", ""), ("POST", "/action")]
+    assert calls[1][2] == {"action": "restart"}
+    pod = emulator.pods[created.id]
+    assert pod.container["image"] == NEW_IMAGE
+    assert pod.container["env"]["VLLM_API_KEY"] == NEW_KEY
+    after = _started_at(emulator, created.id)
+    assert before is not None and after is not None and after > before
+    # The new container serves the new key; the old key is refused.
+    assert _models_status(emulator, created.id, NEW_KEY) == 200
+    assert _models_status(emulator, created.id, ENDPOINT_KEY) == 401
+    assert updated.outs["status"] == "RUNNING"
+    provider.delete(created.id, updated.outs)
+
+
+def test_started_at_comparison():
+    later = lifecycle._started_later
+    assert later("2026-06-01T12:02:00.000001Z", "2026-06-01T12:02:00Z")
+    assert not later("2026-06-01T12:02:00Z", "2026-06-01T12:02:00Z")
+    assert not later(None, "2026-06-01T12:02:00Z")  # not started (yet) is not a restart
+    assert later("2026-06-01T12:02:00Z", None)  # it was not running before
+    assert later("2026-06-01T12:02:00", "2026-06-01T12:00:00Z")  # mixed zones: differs
+    assert later("soon", "before")
+
+
+def test_update_of_an_exited_pod_starts_it(provider, emulator):
+    created = provider.create(checked(provider))
+    emulator.pods[created.id].exited = True  # stopped from the console
+    updated = provider.update(created.id, created.outs, checked(provider, image=NEW_IMAGE))
+    actions = [b for m, p, b in _pod_calls(emulator, created.id) if p == "/action"]
+    assert actions == [{"action": "start"}]
+    assert emulator.pods[created.id].container["image"] == NEW_IMAGE
+    assert updated.outs["status"] == "RUNNING"
+    provider.delete(created.id, updated.outs)
+
+
+def test_update_that_cannot_restart_fails_clearly_and_leaves_the_pod(
+    provider, emulator, leaks: Leaks
+):
+    created = provider.create(checked(provider))
+    emulator.faults.action_409 = 10
+    with pytest.raises(PodFailedError) as err:
+        provider.update(created.id, created.outs, checked(provider, image=NEW_IMAGE))
+    message = str(err.value)
+    assert "409" in message and "restart" in message
+    assert "still exists" in message and "$1.64/h" in message
+    assert emulator.pods[created.id].container["image"] == IMAGE  # old container, not "ready"
+    provider.delete(created.id, created.outs)
+    assert emulator.live_pods() == []
+
+
+def test_update_is_not_ready_while_the_old_key_is_served(provider, emulator, clock):
+    created = provider.create(checked(provider))
+    emulator.faults.restart_ignores_settings = True  # restarts, but with the old settings
+    news = checked(provider, apiKey=NEW_KEY, readyTimeoutMinutes=5)
+    with pytest.raises(PodFailedError) as err:
+        provider.update(created.id, created.outs, news)
+    message = str(err.value)
+    assert "/v1/models answered 401" in message
+    assert "not serving within 5 minutes" in message
+    assert_no_secret(message)
+    provider.delete(created.id, created.outs)
+    assert emulator.live_pods() == []
 
 
 def test_update_of_state_only_fields_makes_no_api_change(provider, emulator):

@@ -31,6 +31,9 @@ API_BASE_URL_ENV = "RUNPOD_API_BASE_URL"
 API_KEY_ENV = "RUNPOD_API_KEY"
 DEFAULT_API_BASE_URL = "https://api.runpod.io"
 _DEFAULT_RETRY_AFTER_S = 5.0
+# A Retry-After longer than this is not honoured as given: a broken or hostile header must not
+# stall a `pulumi up` (or a delete that is cleaning up a billing pod) for hours.
+MAX_RETRY_AFTER_S = 120.0
 _MAX_BACKOFF_S = 30.0
 
 Sleep = Callable[[float], None]
@@ -136,7 +139,8 @@ class RunpodClient:
     def _wait(self, state: RetryCallState) -> float:
         err = state.outcome.exception() if state.outcome else None
         if isinstance(err, ApiError) and err.status == 429:
-            return err.retry_after if err.retry_after is not None else _DEFAULT_RETRY_AFTER_S
+            wait = err.retry_after if err.retry_after is not None else _DEFAULT_RETRY_AFTER_S
+            return min(wait, MAX_RETRY_AFTER_S)
         return float(min(_MAX_BACKOFF_S, 2 ** (state.attempt_number - 1)))
 
     def _request(
@@ -198,10 +202,32 @@ class RunpodClient:
 
     def create_pod(self, body: Json) -> Json:
         """POST once (repeating only on 429). A 5xx or lost answer propagates: the caller must
-        look the pod up by name before trying again."""
+        look the pod up by name before trying again. A success whose body cannot be read or has
+        no pod id is a lost answer too (TransportError): the pod may exist all the same."""
         response = self._request(
             "POST", "/v2/pods", body=body, ok=(200, 201), idempotent=False, forbidden_is_auth=False
         )
+        try:
+            pod = response.json()
+        except ValueError:
+            raise TransportError("POST", "/v2/pods", "unreadable success answer") from None
+        if not isinstance(pod, dict) or not pod.get("id"):
+            raise TransportError("POST", "/v2/pods", "success answer without a pod id")
+        return pod
+
+    def pod_action(self, pod_id: str, action: str) -> Json | None:
+        """`POST /v2/pods/{id}/action` (start, stop, restart, terminate): the pod after the
+        action, or None for terminate (204). 409 (not valid for the pod's status) is raised as
+        ApiError for the caller to decide. Repeated on 5xx: a second restart costs only time."""
+        response = self._request(
+            "POST",
+            _pod_path(pod_id) + "/action",
+            body={"action": action},
+            ok=(200, 204),
+            idempotent=True,
+        )
+        if response.status_code == 204:
+            return None
         pod: Json = response.json()
         return pod
 

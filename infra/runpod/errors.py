@@ -3,10 +3,21 @@ do next, and none ever carries a secret (the API key never reaches these classes
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 KEY_HELP = (
     "Set it with `pulumi config set --secret runpodApiKey <key>` (or export RUNPOD_API_KEY); "
     "create a key in the RunPod console under Settings > API Keys"
 )
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every secret value blanked: API answers are quoted in errors and logs, and a
+    careless answer could echo the pod's env."""
+    for value in secrets:
+        if value:
+            text = text.replace(value, "<secret>")
+    return text
 
 
 class RunpodError(Exception):
@@ -71,7 +82,12 @@ class PodFailedError(RunpodError):
 
 
 class PlacementError(RunpodError):
-    """No candidate (GPU type, data center) accepted the pod; nothing was created."""
+    """No candidate (GPU type, data center) accepted the pod. `pod_may_exist` is True when a
+    create got no clear answer, so a pod under the name may exist despite the error."""
+
+    def __init__(self, message: str, *, pod_may_exist: bool = False) -> None:
+        super().__init__(message)
+        self.pod_may_exist = pod_may_exist
 
 
 class DeleteError(RunpodError):

@@ -43,8 +43,16 @@ from pulumi.runtime import rpc
 
 from infra.runpod import bootstrap
 from infra.runpod.client import API_KEY_ENV, RunpodClient
-from infra.runpod.errors import MissingApiKeyError, RunpodError
-from infra.runpod.lifecycle import HealthCheck, PodLifecycle, PodSpec, ReadyPod, http_health
+from infra.runpod.errors import MissingApiKeyError, RunpodError, redact
+from infra.runpod.lifecycle import (
+    HealthCheck,
+    KeyCheck,
+    PodLifecycle,
+    PodSpec,
+    ReadyPod,
+    http_health,
+    http_models,
+)
 from infra.serving import PUBLIC_PORT
 
 PROVIDER_KEY = "__provider"
@@ -54,8 +62,9 @@ SECRET_INPUTS = ("apiKey", "hfToken")
 # ready first, then the old one is deleted). gpuTypeIds/dataCenterIds only when the placed pod no
 # longer fits the new list.
 REPLACE_KEYS = ("name", "gpuCount", "cloud", "minCudaVersion", "volumeGb")
-# Changing these is a PATCH of the container (RunPod restarts it on the same machine, which keeps
-# the GPU: a replacement would have to find capacity again).
+# Changing these is a PATCH of the container followed by a restart action (the OpenAPI document
+# does not say a PATCH restarts it; `POST /v2/pods/{id}/action` restart does), on the same
+# machine, which keeps the GPU: a replacement would have to find capacity again.
 IN_PLACE_KEYS = ("image", "vllmArgs", "apiKey", "hfToken", "containerDiskGb", "bootstrapDigest")
 # State only: no call to RunPod.
 STATE_ONLY_KEYS = ("readyTimeoutMinutes", "weightsGb", "gpuTypeIds", "dataCenterIds")
@@ -65,6 +74,8 @@ DISK_HEADROOM_GB = 10
 _UNKNOWN = rpc.UNKNOWN  # what an unknown value looks like to a provider during preview
 _CUDA = re.compile(r"^\d+\.\d+$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,50}$")
+# A tag (after the last `/`, so a registry port is not mistaken for one) or a digest.
+_TAGGED = re.compile(r"^[^\s@]+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
 
 
 def _plain(value: Any) -> Any:
@@ -76,18 +87,20 @@ def _inputs(props: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(props[k]) for k in INPUT_KEYS if k in props}
 
 
+def _secret_values(props: Mapping[str, Any], *extra: str | None) -> list[str]:
+    values = (*(_plain(props.get(k)) for k in SECRET_INPUTS), *extra)
+    return [v for v in values if isinstance(v, str) and v]
+
+
 @contextmanager
-def _redacted(props: Mapping[str, Any], *extra: str | None) -> Iterator[None]:
+def _redacted(values: list[str]) -> Iterator[None]:
     """Defence in depth: should an API answer ever echo a secret into an error message, it is
-    blanked before the engine shows or logs the error."""
-    values = [v for v in (*(_plain(props.get(k)) for k in SECRET_INPUTS), *extra) if v]
+    blanked before the engine shows or logs the error (log lines are blanked by the lifecycle,
+    which gets the same values)."""
     try:
         yield
     except RunpodError as err:
-        message = str(err)
-        for value in values:
-            if isinstance(value, str):
-                message = message.replace(value, "<secret>")
+        message = redact(str(err), values)
         if message == str(err):
             raise
         raise RunpodError(message) from None
@@ -127,8 +140,18 @@ def validate(news: Mapping[str, Any]) -> list[CheckFailure]:
     if p.get("cloud") not in ("SECURE", "COMMUNITY"):
         bad("cloud", "must be SECURE or COMMUNITY")
     image = p.get("image")
-    if not isinstance(image, str) or not image.strip() or image.endswith(":latest"):
-        bad("image", "must name the pinned llm-endpoint pod image (infra/runpod/image)")
+    last_part = image.rsplit("/", 1)[-1] if isinstance(image, str) else ""
+    if (
+        not isinstance(image, str)
+        or not _TAGGED.match(image)
+        or ("@" not in image and ":" not in last_part)
+        or image.endswith(":latest")
+    ):
+        bad(
+            "image",
+            "must name the pinned llm-endpoint pod image (infra/runpod/image) with a version "
+            "tag or digest, e.g. REGISTRY/llm-endpoint-vllm:v0.33.0-proxy1 (not :latest)",
+        )
     args = p.get("vllmArgs")
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         bad("vllmArgs", "must be the list of vLLM arguments from infra/serving.py")
@@ -180,11 +203,13 @@ class RunpodPodProvider(ResourceProvider):
         now: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         health: HealthCheck = http_health,
+        models: KeyCheck = http_models,
     ) -> None:
         super().__init__()
         self.now = now
         self.sleep = sleep
         self.health = health
+        self.models = models
         self._api_key: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -203,8 +228,16 @@ class RunpodPodProvider(ResourceProvider):
         key = self._api_key or os.environ.get(API_KEY_ENV)
         if not key:
             raise MissingApiKeyError()
-        with _redacted(props, key), RunpodClient(key, sleep=self.sleep) as client:
-            yield PodLifecycle(client, now=self.now, sleep=self.sleep, health=self.health)
+        values = _secret_values(props, key)
+        with _redacted(values), RunpodClient(key, sleep=self.sleep) as client:
+            yield PodLifecycle(
+                client,
+                now=self.now,
+                sleep=self.sleep,
+                health=self.health,
+                models=getattr(self, "models", http_models),  # providers pickled before it
+                secrets=values,
+            )
 
     # -- check / diff ----------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """A local emulator of the part of RunPod's REST API v2 this project uses.
 
-Serves `/v2/pods` (list, create), `/v2/pods/{id}` (get, patch, delete) and `/v2/catalog/gpus`,
-plus each pod's HTTP proxy (`/proxy/{podId}-{port}/health`) so readiness is tested end to end.
+Serves `/v2/pods` (list, create), `/v2/pods/{id}` (get, patch, delete), `/v2/pods/{id}/action`
+(start, stop, restart, terminate) and `/v2/catalog/gpus`, plus each pod's HTTP proxy
+(`/proxy/{podId}-{port}/health` and `/v1/models`, answered as the pod's nginx would: `/v1/*`
+only with the key the running container was started with) so readiness is tested end to end.
+A PATCH changes the pod's settings only; the container runs them after its next start or
+restart (the OpenAPI document does not say a PATCH restarts it), and `startedAt` moves then.
 Every request and every response is validated against RunPod's OpenAPI document with
 openapi-core; an invalid request gets the API's 422 problem answer, and every mismatch is kept in
 `violations` for tests to assert on.
@@ -75,8 +79,10 @@ class FakeClock:
 
 
 class RealClock:
+    """Wall-clock time (the emulator's `createdAt`/`startedAt` are derived from it)."""
+
     def now(self) -> float:
-        return time.monotonic()
+        return time.time()
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -111,6 +117,12 @@ class Faults:
     delete_ignored: bool = False  # DELETE answers 204 but the pod keeps running
     invalid_422: bool = False  # answer 422 to creates, naming a field
     echo_secret_in_422: bool = False  # ... and quote the env's key in it (a careless API)
+    echo_env_in_errors: bool = False  # 400/5xx create answers quote the env (a careless API)
+    # Pods younger than this are missing from GET /v2/pods (a pod still being made).
+    list_lag_s: float = 0.0
+    create_bad_body_after: int = 0  # create the pod, then answer 201 with an unreadable body
+    action_409: int = 0  # answer 409 to this many pod actions (as for an invalid status)
+    restart_ignores_settings: bool = False  # a restart keeps the container's old settings
 
 
 @dataclass
@@ -137,7 +149,11 @@ class EmulatedPod:
     data_center_id: str
     price_per_hour: float
     created_at: float
-    started_at: float  # last (re)start: a PATCH of the container restarts it
+    started_at: float  # last (re)start (a restart/start action; a PATCH does not restart)
+    # The settings the running container was started with; `body` (what GET shows) takes
+    # PATCHes at once, the container only on its next start/restart.
+    container: dict[str, Any] = field(default_factory=dict)
+    exited: bool = False  # stopped (the `stop` action); `start` boots it again
     deleted_at: float | None = None
     health_hits: int = 0
 
@@ -164,6 +180,8 @@ class RunpodEmulator:
         self.faults = Faults()
         self.pods: dict[str, EmulatedPod] = {}
         self.requests: list[tuple[str, str, Any]] = []
+        # (clock time, method, path) of every API request, for ordering and back-off checks.
+        self.timeline: list[tuple[float, str, str]] = []
         self.violations: list[str] = []
         self._lock = threading.RLock()
         self._spec = openapi()
@@ -218,6 +236,8 @@ class RunpodEmulator:
                 return "TERMINATED" if since < f.delete_takes_s + 10 else None
         if f.vanish_after_s is not None and now - pod.created_at >= f.vanish_after_s:
             return None
+        if pod.exited:
+            return "EXITED"
         if f.stuck_provisioning:
             return "PROVISIONING"
         age = now - pod.started_at
@@ -277,8 +297,20 @@ class RunpodEmulator:
             price_per_hour=round(price * count, 4),
             created_at=now,
             started_at=now,
+            container=json.loads(json.dumps(body)),
         )
         return pod_id
+
+    def restart(self, pod: EmulatedPod) -> None:
+        """The container starts again, now with the pod's current settings."""
+        if not self.faults.restart_ignores_settings:
+            pod.container = json.loads(json.dumps(pod.body))
+        pod.started_at = self.clock.now()
+        pod.exited = False
+
+    def container_key(self, pod: EmulatedPod) -> str | None:
+        key = (pod.container.get("env") or {}).get("VLLM_API_KEY")
+        return key if isinstance(key, str) and key else None
 
     def _view(self, pod_id: str, pod: EmulatedPod) -> dict[str, Any] | None:
         status = self.status_of(pod)
@@ -288,12 +320,14 @@ class RunpodEmulator:
         running = status == "RUNNING"
         ports = list(b.get("ports", []))
         mounts: dict[str, Any] = dict(b.get("mounts") or {})
-        created = datetime.fromtimestamp(pod.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = _iso(pod.created_at)
+        warmup = self.provision_s if pod.started_at == pod.created_at else 0.0
+        started = _iso(pod.started_at + warmup) if status in ("STARTING", "RUNNING") else None
         return {
             "id": pod_id,
             "name": b["name"],
             "status": status,
-            "actions": ["stop", "restart", "terminate"] if running else ["terminate"],
+            "actions": _ACTIONS.get(status, ["terminate"]),
             "image": b.get("image", ""),
             "args": b.get("args", ""),
             "disk": b.get("disk", 50),
@@ -324,7 +358,7 @@ class RunpodEmulator:
                 else None
             ),
             "createdAt": created,
-            "startedAt": created if running else None,
+            "startedAt": started,
         }
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -341,6 +375,7 @@ class RunpodEmulator:
     ) -> Response:
         titles = {
             400: "Bad Request",
+            409: "Conflict",
             401: "Unauthorized",
             402: "Payment Required",
             403: "Forbidden",
@@ -378,6 +413,7 @@ class RunpodEmulator:
         body = request.get_json(silent=True) if request.data else None
         with self._lock:
             self.requests.append((request.method, request.path, body))
+            self.timeline.append((self.clock.now(), request.method, request.path))
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._problem(401, "missing or invalid bearer token")
         oa_request = _RunpodRequest(request)
@@ -403,7 +439,7 @@ class RunpodEmulator:
     def _route(self, request: Request, body: Any) -> Response:
         parts = request.path.strip("/").split("/")
         method = request.method
-        template = "/" + "/".join(parts[:2] + (["{id}"] if len(parts) > 2 else []))
+        template = "/" + "/".join(parts[:2] + (["{id}"] if len(parts) > 2 else []) + parts[3:])
         key = f"{method} {template}"
         if self.faults.rate_limited.get(key, 0) > 0:
             self.faults.rate_limited[key] -= 1
@@ -416,12 +452,19 @@ class RunpodEmulator:
             if parts == ["v2", "catalog", "gpus"] and method == "GET":
                 return self._json(200, {"gpus": [self._gpu_view(o) for o in self.catalog]})
             if parts == ["v2", "pods"] and method == "GET":
-                views = [self._view(pid, p) for pid, p in list(self.pods.items())]
+                now = self.clock.now()
+                views = [
+                    self._view(pid, p)
+                    for pid, p in list(self.pods.items())
+                    if now - p.created_at >= self.faults.list_lag_s
+                ]
                 return self._json(200, {"pods": [v for v in views if v is not None]})
             if parts == ["v2", "pods"] and method == "POST":
                 return self._create_route(body)
             if len(parts) == 3 and parts[:2] == ["v2", "pods"]:
                 return self._pod_route(method, parts[2], body)
+            if len(parts) == 4 and parts[:2] == ["v2", "pods"] and parts[3] == "action":
+                return self._action_route(parts[2], body)
         return self._problem(404, "resource not found")
 
     def _gpu_view(self, o: GpuOffer) -> dict[str, Any]:
@@ -444,8 +487,11 @@ class RunpodEmulator:
             if f.echo_secret_in_422:
                 errors.append(f"$.env.VLLM_API_KEY: {body['env'].get('VLLM_API_KEY')} is odd")
             return self._problem(422, "Request validation failed.", errors)
+        env = body.get("env") or {}
+        secret_env = {k: v for k, v in env.items() if k in ("VLLM_API_KEY", "HF_TOKEN")}
+        echo = f" (env: {json.dumps(secret_env)})" if f.echo_env_in_errors else ""
         if self._consume("create_5xx_before"):
-            return self._problem(503, "upstream unavailable")
+            return self._problem(503, "upstream unavailable" + echo)
         if f.insufficient_balance:
             return self._problem(402, "Insufficient balance to deploy this pod.")
         gpu_id = body["gpu"]["id"]
@@ -464,13 +510,19 @@ class RunpodEmulator:
         ]
         if not placeable:
             return self._problem(
-                400, "There are no longer any instances available with the requested specifications"
+                400,
+                "There are no longer any instances available with the requested specifications"
+                + echo,
             )
         pod_id = self._create(body, gpu_id, placeable[0])
         if self._consume("create_5xx_after"):
-            return self._problem(500, "internal error")
+            return self._problem(500, "internal error" + echo)
         if self._consume("create_lost_after"):
             return _LostResponse()
+        if self._consume("create_bad_body_after"):
+            bad = Response("<html>502 Bad Gateway</html>", status=201, content_type="text/html")
+            bad._lost = True  # type: ignore[attr-defined]  # not validated: it is the fault
+            return bad
         view = self._view(pod_id, self.pods[pod_id])
         return self._json(201, view)
 
@@ -494,14 +546,29 @@ class RunpodEmulator:
         if method == "PATCH":
             if pod is None or view is None:
                 return self._problem(404, "pod not found")
-            restart = any(
-                k in body and body[k] != pod.body.get(k) for k in ("image", "args", "env")
-            )
+            # Settings only: the running container keeps its old image/env until restarted.
             pod.body = {**pod.body, **body}
-            if restart:
-                pod.started_at = self.clock.now()
             return self._json(200, self._view(pod_id, pod))
         return self._problem(404, "resource not found")
+
+    def _action_route(self, pod_id: str, body: Any) -> Response:
+        pod = self.pods.get(pod_id)
+        view = self._view(pod_id, pod) if pod else None
+        if pod is None or view is None:
+            return self._problem(404, "pod not found")
+        action = body["action"]
+        if self._consume("action_409") or action not in view["actions"]:
+            return self._problem(
+                409, f"action {action!r} is not valid for a pod in status {view['status']}"
+            )
+        if action in ("restart", "start"):
+            self.restart(pod)
+        elif action == "stop":
+            pod.exited = True
+        elif action == "terminate":
+            pod.deleted_at = self.clock.now()
+            return Response(status=204, headers={"RateLimit": '"minute";r=59;t=60'})
+        return self._json(200, self._view(pod_id, pod))
 
     def _proxy(self, request: Request) -> Response:
         """RunPod's HTTP proxy for one pod port: 502 until the container serves, like the real
@@ -513,11 +580,39 @@ class RunpodEmulator:
             pod = self.pods.get(pod_id)
             if pod is None or self.status_of(pod) is None:
                 return Response("no such pod", status=404)
-            pod.health_hits += 1
             ok = self.serving(pod)
-        if path != "health":
-            return Response("not emulated", status=404)
-        return Response("", status=200) if ok else Response("bad gateway", status=502)
+            key = self.container_key(pod)
+            if path == "health":
+                pod.health_hits += 1
+        if not ok:
+            return Response("bad gateway", status=502)
+        if path == "health":
+            return Response("", status=200)
+        if path.startswith("v1/"):
+            # The container's nginx: /v1/* only with the key it was started with.
+            if key is None or request.headers.get("Authorization") != f"Bearer {key}":
+                return Response("unauthorized", status=401)
+            if path == "v1/models":
+                return Response(
+                    json.dumps({"object": "list", "data": [{"id": "served-model"}]}),
+                    status=200,
+                    content_type="application/json",
+                )
+        return Response("not found", status=404)
+
+
+_ACTIONS = {
+    "RUNNING": ["stop", "restart", "terminate"],
+    "EXITED": ["start", "terminate"],
+    "ERROR": ["start", "terminate"],
+    "PROVISIONING": ["stop", "terminate"],
+    "STARTING": ["stop", "terminate"],
+}
+
+
+def _iso(t: float) -> str:
+    """RFC 3339 with microseconds (two restarts within a second still differ)."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class _RunpodRequest(WerkzeugOpenAPIRequest):

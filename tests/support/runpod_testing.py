@@ -16,7 +16,8 @@ ENDPOINT_KEY = "EndpointKey-0123456789abcdefghijklmnopqrstuvwxyz"
 HF_TOKEN = "hf_SecretTokenValue0123456789"
 RUNPOD_KEY = "rpa_RunpodKey0123456789ABCDEFGHIJKLMNOP"
 IMAGE = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy1"
-SECRETS = (ENDPOINT_KEY, HF_TOKEN, RUNPOD_KEY)
+NEW_ENDPOINT_KEY = "AnotherEndpointKey-0123456789abcdefghijklmnop"  # a rotated key
+SECRETS = (ENDPOINT_KEY, HF_TOKEN, RUNPOD_KEY, NEW_ENDPOINT_KEY)
 
 SERVING = ServingSpec(
     model="Qwen/Qwen2.5-7B-Instruct",
