@@ -28,7 +28,7 @@ _REQUIRED_APIS = (
 # default-allow-internal opens every port to the VPC), so only the configured ranges get in.
 _ALLOW_PRIORITY = 900
 _DENY_PRIORITY = 1000
-_WORLD = {4: "0.0.0.0/0", 6: "::/0"}
+_WORLD = ("0.0.0.0/0", "::/0")
 
 
 class GcpVllmVm(pulumi.ComponentResource):
@@ -141,7 +141,7 @@ class GcpVllmVm(pulumi.ComponentResource):
             base=base,
             g=g,
             tag=tag,
-            port=str(serving.PUBLIC_PORT),
+            ports=[str(serving.PUBLIC_PORT)],
             ranges=g.allowed_source_ranges,
             opts=after_apis,
         )
@@ -150,26 +150,19 @@ class GcpVllmVm(pulumi.ComponentResource):
             ssh_ranges.append(gcp_catalog.IAP_SSH_RANGE)
         if ssh_ranges:
             self._firewall(
-                name=name, base=base, g=g, tag=tag, port="22", ranges=ssh_ranges, opts=after_apis
+                name=name, base=base, g=g, tag=tag, ports=["22"], ranges=ssh_ranges, opts=after_apis
             )
-        for family, world in _WORLD.items():
-            suffix = "" if family == 4 else "-v6"
-            gcp.compute.Firewall(
-                f"{name}-deny-rest{suffix}",
-                name=names.slug(base, "deny-rest", suffix),
-                network=g.network,
-                direction="INGRESS",
-                priority=_DENY_PRIORITY,
-                denies=[
-                    gcp.compute.FirewallDenyArgs(
-                        protocol="tcp", ports=["22", str(serving.PUBLIC_PORT)]
-                    )
-                ],
-                source_ranges=[world],
-                target_tags=[tag],
-                description="llm-endpoint: SSH and the endpoint only from the ranges allowed above",
-                opts=after_apis,
-            )
+        # Below the allow rules, above the default network's own rules.
+        self._firewall(
+            name=name,
+            base=base,
+            g=g,
+            tag=tag,
+            ports=["22", str(serving.PUBLIC_PORT)],
+            ranges=list(_WORLD),
+            opts=after_apis,
+            deny=True,
+        )
 
         if g.spot:
             # FACTS.md (Google Cloud): SPOT needs preemptible=true and automaticRestart=false;
@@ -281,26 +274,36 @@ class GcpVllmVm(pulumi.ComponentResource):
         base: str,
         g: GcpConfig,
         tag: str,
-        port: str,
+        ports: list[str],
         ranges: list[str],
         opts: pulumi.ResourceOptions,
+        deny: bool = False,
     ) -> None:
+        """Rules for tcp `ports` from `ranges` to the VM's tag: allow rules at
+        _ALLOW_PRIORITY, deny rules at _DENY_PRIORITY."""
+        verb = "deny" if deny else "allow"
         # One rule may not mix IPv4 and IPv6 source ranges, so each family gets its own.
         for family in (4, 6):
             family_ranges = [r for r in ranges if ipaddress.ip_network(r).version == family]
             if not family_ranges:
                 continue
-            suffix = f"tcp{port}" + ("" if family == 4 else "-v6")
+            suffix = "tcp" + "-".join(ports) + ("" if family == 4 else "-v6")
             gcp.compute.Firewall(
-                f"{name}-allow-{suffix}",
-                name=names.slug(base, "allow", suffix),
+                f"{name}-{verb}-{suffix}",
+                name=names.slug(base, verb, suffix),
                 network=g.network,
                 direction="INGRESS",
-                priority=_ALLOW_PRIORITY,
-                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[port])],
+                priority=_DENY_PRIORITY if deny else _ALLOW_PRIORITY,
+                allows=None
+                if deny
+                else [gcp.compute.FirewallAllowArgs(protocol="tcp", ports=ports)],
+                denies=[gcp.compute.FirewallDenyArgs(protocol="tcp", ports=ports)]
+                if deny
+                else None,
                 source_ranges=family_ranges,
                 target_tags=[tag],
-                description=f"llm-endpoint: tcp:{port} to the vLLM VM from the configured ranges",
+                description=f"llm-endpoint: {verb} tcp:{','.join(ports)} to the vLLM VM from "
+                + ("everywhere else" if deny else "the configured ranges"),
                 opts=opts,
             )
 
