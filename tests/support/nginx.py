@@ -87,18 +87,7 @@ def check_config(conf_text: str) -> subprocess.CompletedProcess[str]:
         conf = prefix / "nginx.conf"
         conf.write_text(conf_text)
         return subprocess.run(
-            [
-                nginx_binary(),
-                "-t",
-                "-p",
-                str(prefix),
-                "-c",
-                str(conf),
-                "-e",
-                "stderr",
-                "-g",
-                f"pid {prefix}/nginx.pid;",
-            ],
+            [nginx_binary(), "-t", *_prefix_args(prefix, conf, f"pid {prefix}/nginx.pid;")],
             capture_output=True,
             text=True,
             timeout=30,
@@ -106,6 +95,11 @@ def check_config(conf_text: str) -> subprocess.CompletedProcess[str]:
         )
     finally:
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+def _prefix_args(prefix: Path, conf: Path, directives: str) -> list[str]:
+    """Everything under `prefix`, errors to stderr: no system path is read or written."""
+    return ["-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", directives]
 
 
 @contextmanager
@@ -128,18 +122,7 @@ def run_nginx(
             os.chown(path, run_as_uid, run_as_uid)
         as_user = ["setpriv", f"--reuid={run_as_uid}", f"--regid={run_as_uid}", "--clear-groups"]
     process = subprocess.Popen(
-        [
-            *as_user,
-            binary,
-            "-p",
-            str(prefix),
-            "-c",
-            str(conf),
-            "-e",
-            "stderr",
-            "-g",
-            f"daemon off; pid {prefix}/nginx.pid;",
-        ],
+        [*as_user, binary, *_prefix_args(prefix, conf, f"daemon off; pid {prefix}/nginx.pid;")],
         stdin=subprocess.DEVNULL,
         stdout=stderr,
         stderr=stderr,
