@@ -335,7 +335,39 @@ class StackConfig(_Model):
                     f"too small for the OS, the vLLM image and {self.model} "
                     f"(~{self.weights_gb:g} GB of weights). Set it to at least {need}",
                 )
+        if self.runpod is not None:
+            self._check_runpod(self.runpod, self.weights_gb)
         return self
+
+    def _check_runpod(self, rp: RunpodConfig, weights_gb: float) -> None:
+        """RunPod settings that are only checkable against the rest of the stack."""
+        if rp.image is None:
+            raise _KeyError(
+                "runpod.image",
+                None,
+                "RunPod pods need the llm-endpoint pod image (the pinned vLLM image plus the "
+                "proxy; RunPod's API cannot replace the stock image's entrypoint). Build and push "
+                f"it: `docker build -t REGISTRY/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1 "
+                "infra/runpod/image && docker push ...`, then `pulumi config set --path "
+                "llm-endpoint:runpod.image REGISTRY/...` (README, RunPod)",
+            )
+        need = serving.minimum_pod_container_disk_gb(weights_gb, rp.volume_gb)
+        if rp.container_disk_gb < need:
+            raise _KeyError(
+                "runpod.containerDiskGb",
+                rp.container_disk_gb,
+                f"too small for {self.model} (~{weights_gb:g} GB of weights"
+                f"{'' if rp.volume_gb else ', downloaded to the container disk'}). Set it to at "
+                f"least {need}, or add a volume for the model cache with runpod.volumeGb",
+            )
+        staged = serving.staged_download_gb(weights_gb)
+        if rp.volume_gb and rp.volume_gb < staged:
+            raise _KeyError(
+                "runpod.volumeGb",
+                rp.volume_gb,
+                f"too small for {self.model}'s ~{weights_gb:g} GB of weights. Set it to at "
+                f"least {staged}, or to 0 for no volume",
+            )
 
     @property
     def weights_gb(self) -> float | None:

@@ -14,9 +14,9 @@ import pulumi
 from pulumi import dynamic
 
 from infra import serving
-from infra.config import ConfigError, StackConfig
+from infra.config import StackConfig
 from infra.runpod.naming import pod_base_name
-from infra.runpod.provider import SECRET_INPUTS, RunpodPodProvider, min_container_disk_gb
+from infra.runpod.provider import SECRET_INPUTS, RunpodPodProvider
 
 _OUTPUT_KEYS = (
     "podId",
@@ -56,46 +56,11 @@ class RunpodPod(dynamic.Resource, module="llm-endpoint", name="RunpodPod"):
         )
 
 
-def _config_error(key: str, value: Any, message: str) -> ConfigError:
-    shown = "(not set)" if value is None else repr(value) if isinstance(value, str) else value
-    return ConfigError(
-        f"Invalid stack configuration (1 problem):\n  - llm-endpoint:runpod.{key} = {shown}: "
-        f"{message}"
-    )
-
-
 def pod_inputs(cfg: StackConfig, api_key: pulumi.Input[str], index: int) -> dict[str, Any]:
-    """The provider inputs for pod `index`; raises ConfigError for settings only checkable
-    against the rest of the stack (the image, the disk against the model's size)."""
+    """The provider inputs for pod `index`."""
     rp = cfg.runpod
-    assert rp is not None and cfg.weights_gb is not None  # guaranteed by the caller / config
-    if rp.image is None:
-        raise _config_error(
-            "image",
-            None,
-            "RunPod pods need the llm-endpoint pod image (the pinned vLLM image plus the proxy; "
-            "RunPod's API cannot replace the stock image's entrypoint). Build and push it: "
-            f"`docker build -t REGISTRY/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1 "
-            "infra/runpod/image && docker push ...`, then "
-            "`pulumi config set --path llm-endpoint:runpod.image REGISTRY/...` (README, RunPod)",
-        )
-    need = min_container_disk_gb(cfg.weights_gb, rp.volume_gb)
-    if rp.container_disk_gb < need:
-        raise _config_error(
-            "containerDiskGb",
-            rp.container_disk_gb,
-            f"too small for {cfg.model} (~{cfg.weights_gb:g} GB of weights"
-            f"{'' if rp.volume_gb else ', downloaded to the container disk'}). Set it to at "
-            "least "
-            f"{need}, or add a volume for the model cache with runpod.volumeGb",
-        )
-    if rp.volume_gb and rp.volume_gb < cfg.weights_gb * 1.2:
-        raise _config_error(
-            "volumeGb",
-            rp.volume_gb,
-            f"too small for {cfg.model}'s ~{cfg.weights_gb:g} GB of weights. Set it to at "
-            f"least {int(cfg.weights_gb * 1.2) + 1}, or to 0 for no volume",
-        )
+    # Validated by infra/config.py: pods are declared with an image and disks that fit.
+    assert rp is not None and rp.image is not None and cfg.weights_gb is not None
     spec = cfg.serving_for(rp.gpu_count)
     return {
         "name": pod_base_name(pulumi.get_stack(), index),

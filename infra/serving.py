@@ -59,10 +59,25 @@ def estimate_weights_gb(model: str) -> float | None:
     return round(max(counts) * _GB_PER_BILLION_PARAMS, 1)
 
 
+def staged_download_gb(weights_gb: float) -> int:
+    """Room the weights need while downloading: 20% over their size, since downloads are
+    staged before they are moved into the cache."""
+    return math.ceil(weights_gb * 1.2)
+
+
 def minimum_boot_disk_gb(weights_gb: float) -> int:
-    """Smallest boot disk that holds the OS, a pull of the vLLM image and the model weights
-    (with 20% margin, since downloads are staged before they are moved into the cache)."""
-    return math.ceil(OS_AND_HEADROOM_GB + VLLM_IMAGE_PULL_GB + weights_gb * 1.2)
+    """Smallest VM boot disk that holds the OS, a pull of the vLLM image and the weights."""
+    return OS_AND_HEADROOM_GB + VLLM_IMAGE_PULL_GB + staged_download_gb(weights_gb)
+
+
+# A RunPod pod's container disk beside the weights: logs, nginx, Python caches. (The image itself
+# is not on the container disk.)
+POD_DISK_HEADROOM_GB = 10
+
+
+def minimum_pod_container_disk_gb(weights_gb: float, volume_gb: int) -> int:
+    """Without a volume the weights download to the container disk; with one, to the volume."""
+    return POD_DISK_HEADROOM_GB + (0 if volume_gb else staged_download_gb(weights_gb))
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,7 @@ def test_gated_model_with_token_is_accepted() -> None:
 
 
 def test_runpod_only_stack_needs_no_gcp() -> None:
-    cfg = config.parse({"runpod": {}})
+    cfg = config.parse({"runpod": {"image": "ghcr.io/acme/llm-endpoint-vllm:v0.33.0-proxy1"}})
     assert cfg.gcp is None
     assert cfg.runpod is not None
 

@@ -19,7 +19,6 @@ dataCenterId, costPerHour, status.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import secrets
@@ -41,6 +40,7 @@ from pulumi.dynamic import (
 )
 from pulumi.runtime import rpc
 
+from infra import serving
 from infra.runpod import bootstrap
 from infra.runpod.client import API_KEY_ENV, RunpodClient
 from infra.runpod.errors import MissingApiKeyError, RunpodError, redact
@@ -69,8 +69,6 @@ IN_PLACE_KEYS = ("image", "vllmArgs", "apiKey", "hfToken", "containerDiskGb", "b
 # State only: no call to RunPod.
 STATE_ONLY_KEYS = ("readyTimeoutMinutes", "weightsGb", "gpuTypeIds", "dataCenterIds")
 INPUT_KEYS = (*REPLACE_KEYS, *IN_PLACE_KEYS, *STATE_ONLY_KEYS)
-# Room beside the weights on the container disk: logs, nginx, Python caches.
-DISK_HEADROOM_GB = 10
 _UNKNOWN = rpc.UNKNOWN  # what an unknown value looks like to a provider during preview
 _CUDA = re.compile(r"^\d+\.\d+$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,50}$")
@@ -109,12 +107,6 @@ def _redacted(values: list[str]) -> Iterator[None]:
 def bootstrap_digest() -> str:
     text = bootstrap.render_bootstrap() + bootstrap.pod_proxy_config()
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def min_container_disk_gb(weights_gb: float, volume_gb: int) -> int:
-    """Without a volume the weights download to the container disk (with 20% margin for staged
-    downloads); with one, they go to the volume."""
-    return DISK_HEADROOM_GB + (0 if volume_gb else math.ceil(weights_gb * 1.2))
 
 
 def validate(news: Mapping[str, Any]) -> list[CheckFailure]:
@@ -168,19 +160,21 @@ def validate(news: Mapping[str, Any]) -> list[CheckFailure]:
     elif not isinstance(disk, int | float) or int(disk) != disk or disk < 1:
         bad("containerDiskGb", "must be a whole number of GB")
     else:
-        need = min_container_disk_gb(float(weights), int(volume))
+        need = serving.minimum_pod_container_disk_gb(float(weights), int(volume))
         if disk < need:
             bad(
                 "containerDiskGb",
                 f"{disk:g} GB cannot hold the model's ~{weights:g} GB of weights plus "
-                f"{DISK_HEADROOM_GB} GB of headroom; set llm-endpoint:runpod.containerDiskGb to "
-                f"at least {need}, or add a volume (runpod.volumeGb) for the model cache",
+                f"{serving.POD_DISK_HEADROOM_GB} GB of headroom; set "
+                f"llm-endpoint:runpod.containerDiskGb to at least {need}, or add a volume "
+                "(runpod.volumeGb) for the model cache",
             )
-        if volume and volume < math.ceil(float(weights) * 1.2):
+        staged = serving.staged_download_gb(float(weights))
+        if volume and volume < staged:
             bad(
                 "volumeGb",
                 f"{volume:g} GB cannot hold the model's ~{weights:g} GB of weights; set "
-                f"llm-endpoint:runpod.volumeGb to at least {math.ceil(float(weights) * 1.2)}",
+                f"llm-endpoint:runpod.volumeGb to at least {staged}",
             )
     timeout = p.get("readyTimeoutMinutes")
     if not isinstance(timeout, int | float) or not 1 <= timeout <= 240:
