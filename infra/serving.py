@@ -117,3 +117,79 @@ class ServingSpec:
     @property
     def min_boot_disk_gb(self) -> int:
         return minimum_boot_disk_gb(self.weights_gb)
+
+
+# --- The serving contract (issue 12 item 8): one environment and one definition of "ready" ---
+# Used by the VM agent (infra/vm_agent/agent.py), the RunPod provider and the smoke test, so the
+# VM and the pods cannot drift apart again.
+
+# vLLM runs as this unprivileged user inside its container (uid/gid fixed, so the host can
+# own the cache directories it mounts without a matching name in the image's /etc/passwd).
+VLLM_UID = 2000
+VLLM_USER = "vllm"
+# Its home inside the container: everything vLLM writes lives under it, and the host mounts
+# its two caches there (docs/facts/vllm.md, "Caches").
+VLLM_HOME = "/var/lib/vllm"
+HF_CACHE_DIR = f"{VLLM_HOME}/.cache/huggingface"
+VLLM_CACHE_DIR = f"{VLLM_HOME}/.cache/vllm"
+# The names of the two secrets vLLM reads from its environment (docs/facts/vllm.md, "API key").
+ENV_API_KEY = "VLLM_API_KEY"
+ENV_HF_TOKEN = "HF_TOKEN"  # noqa: S105 (a variable name, not a value)
+
+# The two requests that define "ready" (both through the proxy, the second with the key).
+HEALTH_PATH = "/health"
+MODELS_PATH = "/v1/models"
+
+
+def vllm_container_env(api_key: str | None = None, hf_token: str | None = None) -> dict[str, str]:
+    """The whole environment of the vLLM process beyond its image's, on every target.
+
+    Without arguments it is the non-secret part (safe in metadata, pod env and state); the
+    machine that runs vLLM adds the secrets it fetched itself. Usage statistics are off
+    everywhere; the user, home and caches are the unprivileged ones above, so a non-root vLLM
+    finds writable caches (getpass.getuser() reads USER when uid 2000 has no passwd entry)."""
+    env = {
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HOME": VLLM_HOME,
+        "USER": VLLM_USER,
+        "HF_HOME": HF_CACHE_DIR,
+        "VLLM_CACHE_ROOT": VLLM_CACHE_DIR,
+        # Triton's kernel cache defaults to ~/.triton: keep it with the compile cache.
+        "TRITON_CACHE_DIR": f"{VLLM_CACHE_DIR}/triton",
+    }
+    if api_key is not None:
+        env[ENV_API_KEY] = api_key
+    if hf_token:
+        env[ENV_HF_TOKEN] = hf_token
+    return env
+
+
+def not_ready_reason(
+    health_status: int | None,
+    models_status: int | None,
+    models_body: object,
+    served_model_name: str,
+) -> str | None:
+    """Why the endpoint is not ready, or None when it is: `GET /health` answered 200 and
+    `GET /v1/models` with the key answered 200 listing `served_model_name`. Statuses are None
+    when nothing answered; `models_body` is the parsed JSON (anything else counts as no list)."""
+    if health_status != 200:
+        return f"GET {HEALTH_PATH} -> {health_status or 'no answer'}"
+    if models_status != 200:
+        return f"GET {MODELS_PATH} with the key -> {models_status or 'no answer'}"
+    data = models_body.get("data") if isinstance(models_body, dict) else None
+    ids = [m.get("id") for m in data or [] if isinstance(m, dict)]
+    if served_model_name not in ids:
+        return f"GET {MODELS_PATH} lists {ids or 'no model'}, not {served_model_name!r}"
+    return None
+
+
+def is_ready(
+    health_status: int | None,
+    models_status: int | None,
+    models_body: object,
+    served_model_name: str,
+) -> bool:
+    """The one definition of "ready" (see not_ready_reason)."""
+    return not_ready_reason(health_status, models_status, models_body, served_model_name) is None
