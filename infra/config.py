@@ -1,17 +1,22 @@
-"""The stack configuration: read once, validated whole, with one clear message on error.
+"""The stack configuration: read once, validated whole, every problem in one message.
 
 Every key lives in the project's namespace (`llm-endpoint:`). Settings for each deployment
 target are objects (`llm-endpoint:gcp`, `llm-endpoint:runpod`); secrets are top-level keys so
 that `pulumi config set --secret` encrypts them and the SDK tracks them as secrets.
+
+pydantic checks each key on its own (with the key's example on its Field, shown when a message
+needs a fix); infra/config_checks.py checks keys against each other; infra/config_report.py
+words the result. docs/configuration.md describes every key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import pulumi
@@ -23,26 +28,39 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
 
-from infra import gcp_catalog, serving
+from infra import config_checks, config_report, gcp_catalog, serving
+from infra.config_checks import DEFAULT_BOOT_IMAGE, GATED_MODEL_PREFIXES, WORLD_OPEN
+from infra.config_report import PROJECT, SECRET_KEYS, Problem
 
-PROJECT = "llm-endpoint"
-SECRET_KEYS = ("apiKey", "hfToken", "runpodApiKey")
+__all__ = [
+    "DEFAULT_BOOT_IMAGE",
+    "GATED_MODEL_PREFIXES",
+    "PROJECT",
+    "SECRET_KEYS",
+    "WORLD_OPEN",
+    "ConfigError",
+    "GcpConfig",
+    "RunpodConfig",
+    "StackConfig",
+    "load",
+    "parse",
+]
+
 _STRING_KEYS = frozenset({"model", "servedModelName", *SECRET_KEYS})
-WORLD_OPEN = ("0.0.0.0/0", "::/0")
-DEFAULT_BOOT_IMAGE = (
-    "projects/ubuntu-os-accelerator-images/global/images/family/"
-    "ubuntu-accelerator-2404-amd64-with-nvidia-580"
-)
-# FACTS.md (vLLM): meta-llama/* models are gated (need HF_TOKEN and an accepted licence).
-GATED_MODEL_PREFIXES = ("meta-llama/",)
+# Namespaces a stack may hold besides ours: the providers this program uses, and Pulumi's own.
+# Any other (`llm-endpont:gcp`) is a typo that would otherwise be silently ignored.
+KNOWN_NAMESPACES = frozenset({PROJECT, "gcp", "random", "pulumi"})
 _DRIVER_IN_IMAGE = re.compile(r"nvidia-(\d{3})")
 _GCP_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 # RFC 6750 b64token characters: what can travel in `Authorization: Bearer <key>` unquoted.
 _BEARER_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+# What clients send as "model": no spaces or quotes, so it is typed and matched exactly.
+_SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+_EXAMPLE_RANGE = "198.51.100.7/32"
 
 
 class ConfigError(pulumi.RunError):
@@ -71,26 +89,30 @@ def _check_cidr(value: str) -> str:
 class GcpConfig(_Model):
     """`llm-endpoint:gcp`: a Google Cloud A100 VM serving vLLM on port 8000."""
 
-    project: str
-    zone: str = "us-central1-a"
-    machine_type: str = "a2-highgpu-1g"
-    gpu_count: int | None = None
-    spot: bool = False
-    spot_termination_action: Literal["STOP", "DELETE"] | None = None
-    allowed_source_ranges: list[str] = Field(min_length=1)
-    allow_world_open: bool = False
-    ssh_source_ranges: list[str] = Field(default_factory=list)
-    ssh_via_iap: bool = True
-    boot_disk_size_gb: int = Field(default=200, ge=10, le=65536)
-    boot_disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = "pd-balanced"
-    boot_image: str = DEFAULT_BOOT_IMAGE
-    boot_image_driver_major: int | None = None
-    network: str = "default"
-    secure_boot: bool = True
-    stop_on_failure: bool = True
-    ready_timeout_minutes: int = Field(default=45, ge=5, le=240)
-    idle_stop_minutes: int = Field(default=0, ge=0, le=10080)
-    labels: dict[str, str] = Field(default_factory=dict)
+    project: str = Field(examples=["my-project-123"])
+    zone: str = Field(default="us-central1-a", examples=["us-central1-a"])
+    machine_type: str = Field(default="a2-highgpu-1g", examples=["a2-ultragpu-1g"])
+    gpu_count: int | None = Field(default=None, examples=[1])
+    spot: bool = Field(default=False, examples=[True])
+    spot_termination_action: Literal["STOP", "DELETE"] | None = Field(
+        default=None, examples=["STOP"]
+    )
+    allowed_source_ranges: list[str] = Field(min_length=1, examples=[[_EXAMPLE_RANGE]])
+    allow_world_open: bool = Field(default=False, examples=[False])
+    ssh_source_ranges: list[str] = Field(default_factory=list, examples=[[_EXAMPLE_RANGE]])
+    ssh_via_iap: bool = Field(default=True, examples=[True])
+    boot_disk_size_gb: int = Field(default=200, ge=10, le=65536, examples=[200])
+    boot_disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = Field(
+        default="pd-balanced", examples=["pd-ssd"]
+    )
+    boot_image: str = Field(default=DEFAULT_BOOT_IMAGE, examples=[DEFAULT_BOOT_IMAGE])
+    boot_image_driver_major: int | None = Field(default=None, examples=[580])
+    network: str = Field(default="default", examples=["default"])
+    secure_boot: bool = Field(default=True, examples=[True])
+    stop_on_failure: bool = Field(default=True, examples=[True])
+    ready_timeout_minutes: int = Field(default=45, ge=5, le=240, examples=[45])
+    idle_stop_minutes: int = Field(default=0, ge=0, le=10080, examples=[60])
+    labels: dict[str, str] = Field(default_factory=dict, examples=[{"team": "ml"}])
 
     @field_validator("project")
     @classmethod
@@ -131,61 +153,6 @@ class GcpConfig(_Model):
                 )
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> GcpConfig:
-        shape = gcp_catalog.A100_MACHINE_TYPES[self.machine_type]
-        if self.zone not in gcp_catalog.A100_ZONES[shape.accelerator]:
-            offering = sorted(gcp_catalog.A100_ZONES[shape.accelerator])
-            raise _KeyError(
-                "zone",
-                self.zone,
-                f"zone does not offer {shape.accelerator} (needed by {self.machine_type}). "
-                f"Use one of {', '.join(offering)}",
-            )
-        if self.gpu_count is not None and self.gpu_count != shape.gpus:
-            raise _KeyError(
-                "gpuCount",
-                self.gpu_count,
-                f"{self.machine_type} comes with {shape.gpus} GPU(s) attached. Set gpuCount to "
-                f"{shape.gpus}, remove it, or pick the a2 machine type with that many GPUs",
-            )
-        if self.spot_termination_action is not None and not self.spot:
-            raise _KeyError(
-                "spotTerminationAction",
-                self.spot_termination_action,
-                "only applies to spot VMs. Remove it, or set spot: true",
-            )
-        for key, ranges in (
-            ("allowedSourceRanges", self.allowed_source_ranges),
-            ("sshSourceRanges", self.ssh_source_ranges),
-        ):
-            open_ranges = [r for r in ranges if r in WORLD_OPEN]
-            if open_ranges and not self.allow_world_open:
-                raise _KeyError(
-                    key,
-                    open_ranges[0],
-                    "opens the endpoint to the whole internet. List your own networks instead, "
-                    "or set allowWorldOpen: true if that is really intended",
-                )
-        driver = self.driver_major
-        if driver is None:
-            raise _KeyError(
-                "bootImage",
-                self.boot_image,
-                "the NVIDIA driver version cannot be read from the image name. Set "
-                f"bootImageDriverMajor to the image's driver major version (>= "
-                f"{serving.MIN_NVIDIA_DRIVER_MAJOR}), or use {DEFAULT_BOOT_IMAGE}",
-            )
-        if driver < serving.MIN_NVIDIA_DRIVER_MAJOR:
-            raise _KeyError(
-                "bootImageDriverMajor" if self.boot_image_driver_major else "bootImage",
-                self.boot_image_driver_major or self.boot_image,
-                f"NVIDIA driver {driver} is too old for {serving.VLLM_IMAGE} (CUDA "
-                f"{serving.MIN_CUDA_VERSION} needs {serving.MIN_NVIDIA_DRIVER_MAJOR}+). Use an "
-                f"image with driver {serving.MIN_NVIDIA_DRIVER_MAJOR}+, e.g. {DEFAULT_BOOT_IMAGE}",
-            )
-        return self
-
     @property
     def shape(self) -> gcp_catalog.MachineShape:
         return gcp_catalog.A100_MACHINE_TYPES[self.machine_type]
@@ -206,6 +173,9 @@ class GcpConfig(_Model):
         return (self.spot_termination_action or "STOP") if self.spot else None
 
 
+_POD_IMAGE_EXAMPLE = f"ghcr.io/acme/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1"
+
+
 class RunpodConfig(_Model):
     """`llm-endpoint:runpod`: RunPod GPU pods serving the same endpoint (infra/runpod_pods.py).
 
@@ -214,17 +184,19 @@ class RunpodConfig(_Model):
     image). It may stay unset here; declaring pods without it fails with a message saying how
     to build it. `volumeGb` > 0 adds a volume for the Hugging Face cache."""
 
-    pod_count: int = Field(default=1, ge=1, le=16)
+    pod_count: int = Field(default=1, ge=1, le=16, examples=[1])
     gpu_type_ids: list[str] = Field(
-        default_factory=lambda: ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"], min_length=1
+        default_factory=lambda: ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"],
+        min_length=1,
+        examples=[["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]],
     )
-    gpu_count: int = Field(default=1, ge=1, le=8)
-    data_center_ids: list[str] = Field(default_factory=list)
-    cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
-    container_disk_gb: int = Field(default=50, ge=10, le=2000)
-    volume_gb: int = Field(default=0, ge=0, le=4000)
-    ready_timeout_minutes: int = Field(default=20, ge=1, le=240)
-    image: str | None = None
+    gpu_count: int = Field(default=1, ge=1, le=8, examples=[1])
+    data_center_ids: list[str] = Field(default_factory=list, examples=[["US-KS-2"]])
+    cloud: Literal["SECURE", "COMMUNITY"] = Field(default="SECURE", examples=["SECURE"])
+    container_disk_gb: int = Field(default=50, ge=10, le=2000, examples=[50])
+    volume_gb: int = Field(default=0, ge=0, le=4000, examples=[40])
+    ready_timeout_minutes: int = Field(default=20, ge=1, le=240, examples=[20])
+    image: str | None = Field(default=None, examples=[_POD_IMAGE_EXAMPLE])
 
     @field_validator("gpu_type_ids", "data_center_ids")
     @classmethod
@@ -270,16 +242,19 @@ class RunpodConfig(_Model):
 class StackConfig(_Model):
     """Everything in the `llm-endpoint:` namespace."""
 
-    model: str = serving.DEFAULT_MODEL
-    served_model_name: str | None = None
-    max_model_len: int = Field(default=8192, ge=256, le=1_048_576)
-    gpu_memory_utilization: float = Field(default=0.90, gt=0.1, le=0.98)
-    model_weights_gb: float | None = Field(default=None, gt=0)
+    model: str = Field(default=serving.DEFAULT_MODEL, examples=[serving.DEFAULT_MODEL])
+    served_model_name: str | None = Field(default=None, examples=["qwen-7b"])
+    max_model_len: int = Field(default=8192, ge=256, le=1_048_576, examples=[8192])
+    gpu_memory_utilization: float = Field(default=0.90, gt=0.1, le=0.98, examples=[0.9])
+    model_weights_gb: float | None = Field(default=None, gt=0, examples=[15.3])
     api_key: str | None = Field(default=None, repr=False)
     hf_token: str | None = Field(default=None, repr=False)
     runpod_api_key: str | None = Field(default=None, repr=False)
-    gcp: GcpConfig | None = None
-    runpod: RunpodConfig | None = None
+    gcp: GcpConfig | None = Field(
+        default=None,
+        examples=[{"project": "my-project-123", "allowedSourceRanges": [_EXAMPLE_RANGE]}],
+    )
+    runpod: RunpodConfig | None = Field(default=None, examples=[{"image": _POD_IMAGE_EXAMPLE}])
 
     @field_validator("model")
     @classmethod
@@ -291,6 +266,16 @@ class StackConfig(_Model):
             )
         return v
 
+    @field_validator("served_model_name")
+    @classmethod
+    def _served_name(cls, v: str | None) -> str | None:
+        if v is not None and not _SERVED_NAME.fullmatch(v):
+            raise ValueError(
+                "clients send this name as the request's `model`, so it must be one word: "
+                "letters, digits and . _ : / - (at most 128, no spaces), e.g. qwen-7b"
+            )
+        return v
+
     @field_validator("api_key")
     @classmethod
     def _key_shape(cls, v: str | None) -> str | None:
@@ -298,76 +283,9 @@ class StackConfig(_Model):
             raise ValueError(
                 "must be at least 32 characters of letters, digits and -._~+/ so it can travel "
                 "as a bearer token. Remove it to let Pulumi generate one, or set a longer one "
-                "with `pulumi config set --secret apiKey`"
+                "with `pulumi config set --secret llm-endpoint:apiKey`"
             )
         return v
-
-    @model_validator(mode="after")
-    def _targets_and_disk(self) -> StackConfig:
-        if self.gcp is None and self.runpod is None:
-            raise _KeyError(
-                "gcp",
-                None,
-                "the stack deploys nothing. Add an `llm-endpoint:gcp` object, an "
-                "`llm-endpoint:runpod` object, or both (see README, Configuration)",
-            )
-        if self.model.startswith(GATED_MODEL_PREFIXES) and self.hf_token is None:
-            raise _KeyError(
-                "hfToken",
-                None,
-                f"{self.model} is gated on Hugging Face: without a token the download fails "
-                "after the GPU is already billing. Accept the model's licence on huggingface.co, "
-                "then `pulumi config set --secret llm-endpoint:hfToken hf_...`",
-            )
-        if self.weights_gb is None:
-            raise _KeyError(
-                "modelWeightsGb",
-                None,
-                f"the size of {self.model}'s weights is unknown. Set modelWeightsGb to the size "
-                "of its safetensors files in GB",
-            )
-        if self.gcp is not None:
-            need = serving.minimum_boot_disk_gb(self.weights_gb)
-            if self.gcp.boot_disk_size_gb < need:
-                raise _KeyError(
-                    "gcp.bootDiskSizeGb",
-                    self.gcp.boot_disk_size_gb,
-                    f"too small for the OS, the vLLM image and {self.model} "
-                    f"(~{self.weights_gb:g} GB of weights). Set it to at least {need}",
-                )
-        if self.runpod is not None:
-            self._check_runpod(self.runpod, self.weights_gb)
-        return self
-
-    def _check_runpod(self, rp: RunpodConfig, weights_gb: float) -> None:
-        """RunPod settings that are only checkable against the rest of the stack."""
-        if rp.image is None:
-            raise _KeyError(
-                "runpod.image",
-                None,
-                "RunPod pods need the llm-endpoint pod image (the pinned vLLM image plus the "
-                "proxy; RunPod's API cannot replace the stock image's entrypoint). Build and push "
-                f"it: `docker build -t REGISTRY/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1 "
-                "infra/runpod/image && docker push ...`, then `pulumi config set --path "
-                "llm-endpoint:runpod.image REGISTRY/...` (README, RunPod)",
-            )
-        need = serving.minimum_pod_container_disk_gb(weights_gb, rp.volume_gb)
-        if rp.container_disk_gb < need:
-            raise _KeyError(
-                "runpod.containerDiskGb",
-                rp.container_disk_gb,
-                f"too small for {self.model} (~{weights_gb:g} GB of weights"
-                f"{'' if rp.volume_gb else ', downloaded to the container disk'}). Set it to at "
-                f"least {need}, or add a volume for the model cache with runpod.volumeGb",
-            )
-        staged = serving.staged_download_gb(weights_gb)
-        if rp.volume_gb and rp.volume_gb < staged:
-            raise _KeyError(
-                "runpod.volumeGb",
-                rp.volume_gb,
-                f"too small for {self.model}'s ~{weights_gb:g} GB of weights. Set it to at "
-                f"least {staged}, or to 0 for no volume",
-            )
 
     @property
     def weights_gb(self) -> float | None:
@@ -385,64 +303,105 @@ class StackConfig(_Model):
         )
 
 
-class _KeyError(ValueError):
-    """A cross-field error that names the key it is about, not the model it was found on."""
-
-    def __init__(self, key: str, value: Any, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.value = value
+# Enough rounds for: the bad keys removed, then required keys the removal left unset filled in.
+_REPAIR_ROUNDS = 4
 
 
-def _display(key_path: str, value: Any, secret_keys: frozenset[str]) -> str:
-    if value is None:
-        return "(not set)"
-    top = key_path.split(".", 1)[0]
-    if key_path.rsplit(".", maxsplit=1)[-1] in SECRET_KEYS or top in secret_keys:
-        return "<secret>"
-    return repr(value) if isinstance(value, str) else str(value)
+def _validate_keys(raw: Mapping[str, Any]) -> tuple[StackConfig | None, list[Problem], set[str]]:
+    """Validate each key on its own, reporting every bad one. To still check the good keys
+    against each other, the bad ones are removed (or, if required, replaced by their example)
+    and validation repeats; the result serves only those cross-checks."""
+    data = copy.deepcopy(dict(raw))
+    problems: list[Problem] = []
+    failed: set[str] = set()
+    for _ in range(_REPAIR_ROUNDS):
+        try:
+            return StackConfig.model_validate(data), problems, failed
+        except ValidationError as err:
+            for e in err.errors(include_url=False):
+                path = config_report.loc_path(e["loc"])
+                if path not in failed:
+                    problems.append(config_report.problem_from_pydantic(StackConfig, e))
+                    failed.add(path)
+                _stand_in(data, e)
+    return None, problems, failed
 
 
-def _format_errors(err: ValidationError, secret_keys: frozenset[str]) -> str:
-    lines = []
-    for e in err.errors(include_url=False):
-        path = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
-        ctx_error = (e.get("ctx") or {}).get("error")
-        value: Any = e.get("input")
-        message = e["msg"].removeprefix("Value error, ")
-        if isinstance(ctx_error, _KeyError):
-            path = f"{path}.{ctx_error.key}" if path else ctx_error.key
-            value = ctx_error.value
-            message = str(ctx_error)
-        elif e["type"] == "extra_forbidden":
-            message = "unknown key (a typo?). Remove it or fix its name; README lists every key"
-        elif e["type"] == "missing":
-            message = "required but not set"
-            value = None
-        key = f"{PROJECT}:{path}" if path else PROJECT
-        lines.append(f"  - {key} = {_display(path, value, secret_keys)}: {message}")
-    count = len(lines)
-    return f"Invalid stack configuration ({count} problem{'s' if count > 1 else ''}):\n" + (
-        "\n".join(lines)
-    )
+def _stand_in(data: dict[str, Any], err: ErrorDetails) -> None:
+    parts = config_report.loc_path(err["loc"]).split(".")
+    parent: Any = data
+    for part in parts[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    if not isinstance(parent, dict):
+        return
+    info = config_report.field_at(StackConfig, ".".join(parts))
+    if err["type"] == "missing" and info is not None and info.examples:
+        parent[parts[-1]] = copy.deepcopy(info.examples[0])
+    else:
+        parent.pop(parts[-1], None)
 
 
-def parse(raw: Mapping[str, Any], secret_keys: frozenset[str] = frozenset()) -> StackConfig:
-    """Validate the namespace's keys (already JSON-decoded) into a StackConfig. Values of
-    `secret_keys` (keys set with --secret, even under a misspelt name) are never shown."""
-    try:
-        return StackConfig.model_validate(dict(raw))
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, secret_keys)) from None
+def _plaintext_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> list[Problem]:
+    return [
+        Problem(
+            key,
+            raw[key],
+            "is written in plain text in the stack file, where anyone with the file (or its git "
+            "history) can read it. Delete that line from Pulumi.<stack>.yaml and set it "
+            f"encrypted with `pulumi config set --secret {PROJECT}:{key}` (it prompts for the "
+            "value); if the file was committed or shared, revoke this one and make a new one",
+        )
+        for key in SECRET_KEYS
+        if key in raw and key not in secret_keys
+    ]
 
 
-def _raw_namespace() -> dict[str, Any]:
-    """All keys set in this project's namespace, however the engine passed them in.
+def _foreign_key_problems(foreign_keys: Iterable[str]) -> list[Problem]:
+    problems = []
+    for full_key in sorted(foreign_keys):
+        namespace, _, key = full_key.partition(":")
+        problems.append(
+            Problem(
+                full_key,
+                None,
+                f"namespace {namespace!r} is not one this program reads, so the setting would "
+                f"be ignored. Ours is {PROJECT!r}: write `{PROJECT}:{key}` (a typo?), or remove "
+                f"it. Namespaces allowed: {', '.join(sorted(KNOWN_NAMESPACES))}",
+                foreign=True,
+            )
+        )
+    return problems
 
-    pulumi.Config only answers for keys we already know, so unknown-key (typo) detection needs
-    the whole set: explicit runtime config (set by the engine or by mocks) plus PULUMI_CONFIG.
-    """
-    merged: dict[str, Any] = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+
+def parse(
+    raw: Mapping[str, Any],
+    secret_keys: frozenset[str] | None = None,
+    *,
+    foreign_keys: Iterable[str] = (),
+) -> StackConfig:
+    """Validate the namespace's keys (already JSON-decoded) into a StackConfig, or raise one
+    ConfigError listing every problem. `secret_keys` are the keys set with --secret (values
+    never shown, even under a misspelt name); None when unknown (a plain dict, as in tests),
+    which skips the plain-text-secret check. `foreign_keys`: full keys in unknown namespaces."""
+    cfg, problems, failed = _validate_keys(raw)
+    if secret_keys is not None:
+        problems += _plaintext_secrets(raw, secret_keys)
+    problems += _foreign_key_problems(foreign_keys)
+    if cfg is not None:
+        problems += config_checks.run_checks(cfg, frozenset(failed))
+    if problems or cfg is None:
+        raise ConfigError(config_report.format_problems(problems, secret_keys or frozenset()))
+    return cfg
+
+
+def _engine_config() -> dict[str, Any]:
+    """Every key the engine passed, in any namespace: explicit runtime config (set by the
+    engine or by mocks) over PULUMI_CONFIG. pulumi.Config only answers for keys we already
+    know, so typo detection needs the whole set."""
+    return {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+
+
+def _namespace(merged: Mapping[str, Any]) -> dict[str, Any]:
     prefix = f"{PROJECT}:"
     raw: dict[str, Any] = {}
     for full_key, value in merged.items():
@@ -457,14 +416,17 @@ def _raw_namespace() -> dict[str, Any]:
     return raw
 
 
+def _secret_keys() -> frozenset[str]:
+    """Keys of our namespace set with --secret. The engine names them in
+    PULUMI_CONFIG_SECRET_KEYS; set_all_config (the mock runtime) keeps them in the SDK's own
+    set, which has no public getter (is_config_secret asks one key at a time)."""
+    prefix = f"{PROJECT}:"
+    names = (*runtime_config.get_config_secret_keys_env(), *runtime_config._SECRET_KEYS.get())
+    return frozenset(k[len(prefix) :] for k in names if k.startswith(prefix))
+
+
 def load() -> StackConfig:
     """Read and validate this stack's config. Raises ConfigError with every problem at once."""
-    prefix = f"{PROJECT}:"
-    # The engine names secret keys in PULUMI_CONFIG_SECRET_KEYS; set_all_config (the mock
-    # runtime) keeps them in the SDK's own set, which has no public getter.
-    secret = {
-        k[len(prefix) :]
-        for k in (*runtime_config.get_config_secret_keys_env(), *runtime_config._SECRET_KEYS.get())
-        if k.startswith(prefix)
-    }
-    return parse(_raw_namespace(), frozenset(secret))
+    merged = _engine_config()
+    foreign = [k for k in merged if k.partition(":")[0] not in KNOWN_NAMESPACES]
+    return parse(_namespace(merged), _secret_keys(), foreign_keys=foreign)

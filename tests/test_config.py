@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pulumi.runtime import config as runtime_config
+from pydantic import BaseModel
 
 from infra import config
 from tests.support.pulumi_harness import stack_config
@@ -83,7 +84,10 @@ ERROR_CASES = [
     pytest.param(
         gcp(allowedSourceRanges=[]),
         "llm-endpoint:gcp.allowedSourceRanges = []",
-        ["at least 1 item"],
+        [
+            "must not be empty",
+            'Example: `allowedSourceRanges: ["198.51.100.7/32"]` under `llm-endpoint:gcp`',
+        ],
         id="no-source-ranges",
     ),
     pytest.param(
@@ -131,7 +135,7 @@ ERROR_CASES = [
     pytest.param(
         {"gcp": {"allowedSourceRanges": ["203.0.113.0/24"]}},
         "llm-endpoint:gcp.project = (not set)",
-        ["required"],
+        ["required but not set", 'Example: `project: "my-project-123"` under `llm-endpoint:gcp`'],
         id="missing-project",
     ),
     pytest.param(
@@ -293,7 +297,7 @@ def test_load_reads_engine_style_strings_and_env(monkeypatch: pytest.MonkeyPatch
     """The engine passes every value as a string (objects as JSON), partly via PULUMI_CONFIG."""
     monkeypatch.setenv(
         "PULUMI_CONFIG",
-        json.dumps({"llm-endpoint:maxModelLen": "4096", "other-project:ignored": "1"}),
+        json.dumps({"llm-endpoint:maxModelLen": "4096", "pulumi:tags": "{}"}),
     )
     runtime_config.set_all_config(
         {
@@ -320,3 +324,208 @@ def test_load_rejects_unknown_keys_passed_by_the_engine() -> None:
         config.ConfigError, match=r"llm-endpoint:maxModelLenght = 4096: unknown key"
     ):
         config.load()
+
+
+# --- every problem in one run ----------------------------------------------------------------
+
+
+def test_a_bad_key_does_not_hide_the_checks_of_the_others() -> None:
+    """A wrong machine type used to stop the world-open check from running at all."""
+    message = error_of(gcp(machineType="n1-standard-4", allowedSourceRanges=["0.0.0.0/0"]))
+    assert message.startswith("Invalid stack configuration (2 problems):")
+    assert "llm-endpoint:gcp.machineType = 'n1-standard-4': not an A100 machine type" in message
+    assert "llm-endpoint:gcp.allowedSourceRanges = '0.0.0.0/0': opens the endpoint" in message
+
+
+def test_four_mistakes_give_four_messages() -> None:
+    raw = {
+        **gcp(
+            machineType="n1-standard-4",
+            allowedSourceRanges=["0.0.0.0/0"],
+            spotTerminationAction="DELETE",
+            bootDiskSizeGb=60,
+        ),
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+    }
+    message = error_of(raw)
+    assert message.startswith("Invalid stack configuration (5 problems):")
+    for key in (
+        "gcp.machineType",
+        "gcp.allowedSourceRanges",
+        "gcp.spotTerminationAction",
+        "gcp.bootDiskSizeGb",
+        "hfToken",
+    ):
+        assert f"  - llm-endpoint:{key} = " in message
+
+
+def test_a_check_that_reads_a_bad_key_is_skipped_not_guessed() -> None:
+    """The zone check needs the machine type: with a bad machine type it says nothing about
+    the zone (the default machine type would be a guess), and reports the machine type."""
+    message = error_of(gcp(machineType="n1-standard-4", zone="us-east4-c"))
+    assert message.startswith("Invalid stack configuration (1 problem):")
+    assert "gcp.zone" not in message
+
+
+def test_a_required_key_replaced_for_the_cross_checks_is_reported_once() -> None:
+    message = error_of({"gcp": {"project": "Bad_Id", "allowedSourceRanges": "203.0.113.0/24"}})
+    assert message.startswith("Invalid stack configuration (2 problems):")
+    assert message.count("gcp.project") == 1
+    assert message.count("gcp.allowedSourceRanges") == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        pytest.param(
+            gcp(allowedSourceRanges="203.0.113.0/24"),
+            "llm-endpoint:gcp.allowedSourceRanges = '203.0.113.0/24': Input should be a valid "
+            'list. Example: `allowedSourceRanges: ["198.51.100.7/32"]` under `llm-endpoint:gcp`',
+            id="string-for-list",
+        ),
+        pytest.param(
+            {**gcp(), "maxModelLen": "lots"},
+            "llm-endpoint:maxModelLen = 'lots': Input should be a valid integer, unable to parse "
+            "string as an integer. Example: `llm-endpoint:maxModelLen: 8192` in "
+            "Pulumi.<stack>.yaml",
+            id="string-for-int",
+        ),
+        pytest.param(
+            {"gcp": "my-project-123"},
+            "llm-endpoint:gcp = 'my-project-123': Input should be a valid dictionary or instance "
+            'of GcpConfig. Example: `llm-endpoint:gcp: {"project": "my-project-123", '
+            '"allowedSourceRanges": ["198.51.100.7/32"]}`',
+            id="string-for-object",
+        ),
+        pytest.param(
+            {"runpod": {"image": "ghcr.io/a/llm-endpoint-vllm:v0.33.0-1", "gpuTypeIds": []}},
+            "llm-endpoint:runpod.gpuTypeIds = []: must not be empty. Example: `gpuTypeIds: "
+            '["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]` under `llm-endpoint:runpod`',
+            id="empty-list",
+        ),
+    ],
+)
+def test_type_errors_name_the_key_and_show_a_correct_example(
+    raw: dict[str, Any], line: str
+) -> None:
+    assert f"  - {line}" in error_of(raw)
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for name, info in model.model_fields.items():
+        key = prefix + str(info.validation_alias or name)
+        out.append((key, info))
+    return out
+
+
+EVERY_KEY = [
+    *(k for k, _ in _fields(config.StackConfig)),
+    *(k for k, _ in _fields(config.GcpConfig, "gcp.")),
+    *(k for k, _ in _fields(config.RunpodConfig, "runpod.")),
+]
+
+
+@pytest.mark.parametrize("key", EVERY_KEY)
+def test_every_key_has_a_correct_example(key: str) -> None:
+    """The example a message shows must itself be accepted, next to a valid stack."""
+    from infra import config_report
+
+    if key in config.SECRET_KEYS:
+        assert "pulumi config set --secret" in (
+            config_report.example_of(config.StackConfig, key) or ""
+        )
+        return
+    info = config_report.field_at(config.StackConfig, key)
+    assert info is not None and info.examples, f"{key} has no example on its Field"
+    example = info.examples[0]
+    base: dict[str, Any] = {
+        **gcp(),
+        "runpod": {"image": "ghcr.io/acme/llm-endpoint-vllm:v0.33.0-proxy1"},
+    }
+    if "." in key:
+        section, leaf = key.split(".")
+        base[section] = {**base[section], leaf: example}
+        if leaf == "spotTerminationAction":
+            base[section]["spot"] = True
+    else:
+        base[key] = example
+    config.parse(base)
+
+
+def test_every_key_is_described_in_docs_configuration() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [k for k in EVERY_KEY if f"`{k}`" not in doc]
+    assert not missing, f"docs/configuration.md does not describe {missing}"
+
+
+# --- keys outside the namespace, secrets in plain text, names clients type ------------------
+
+
+def _engine(values: dict[str, Any], secret_keys: list[str]) -> str:
+    runtime_config.set_all_config(
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}, secret_keys
+    )
+    with pytest.raises(config.ConfigError) as err:
+        config.load()
+    return str(err.value)
+
+
+def test_a_misspelt_namespace_fails_instead_of_being_ignored() -> None:
+    message = _engine({"llm-endpont:gcp": GCP_OK, "llm-endpoint:maxModelLen": "4096"}, [])
+    assert message.startswith("Invalid stack configuration (2 problems):")
+    assert "  - llm-endpont:gcp: namespace 'llm-endpont' is not one this program reads" in message
+    assert "write `llm-endpoint:gcp`" in message
+    # ... and since the gcp object went to the wrong namespace, nothing is deployed.
+    assert "llm-endpoint:gcp = (not set): the stack deploys nothing" in message
+
+
+def test_a_misspelt_namespace_never_shows_its_value() -> None:
+    message = _engine({"llm-endpoint:gcp": GCP_OK, "lm-endpoint:hfToken": "hf_sekrit"}, [])
+    assert "lm-endpoint:hfToken: namespace" in message
+    assert "hf_sekrit" not in message
+
+
+def test_provider_and_pulumi_namespaces_are_allowed() -> None:
+    runtime_config.set_all_config(
+        {"llm-endpoint:gcp": json.dumps(GCP_OK), "gcp:project": "p", "pulumi:tags": "{}"}, []
+    )
+    assert config.load().gcp is not None
+
+
+@pytest.mark.parametrize("key", config.SECRET_KEYS)
+def test_a_secret_written_in_plain_text_fails_without_echoing_it(key: str) -> None:
+    value = "plain-text-secret-" + "x" * 40
+    message = _engine({"llm-endpoint:gcp": GCP_OK, f"llm-endpoint:{key}": value}, [])
+    assert f"llm-endpoint:{key} = <secret>: is written in plain text in the stack file" in message
+    assert f"pulumi config set --secret llm-endpoint:{key}" in message
+    assert value not in message
+
+
+def test_a_secret_set_with_secret_is_accepted() -> None:
+    runtime_config.set_all_config(
+        {"llm-endpoint:gcp": json.dumps(GCP_OK), "llm-endpoint:hfToken": "hf_x"},
+        ["llm-endpoint:hfToken"],
+    )
+    assert config.load().hf_token == "hf_x"
+
+
+def test_secret_keys_named_by_the_engine_env_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real engine names secret keys in PULUMI_CONFIG_SECRET_KEYS."""
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(["llm-endpoint:hfToken"]))
+    runtime_config.set_all_config(
+        {"llm-endpoint:gcp": json.dumps(GCP_OK), "llm-endpoint:hfToken": "hf_x"}, []
+    )
+    assert config.load().hf_token == "hf_x"
+
+
+@pytest.mark.parametrize("name", ["my model", "qwen\t7b", "", "-leading-dash", "q" * 129])
+def test_served_model_name_must_be_one_word(name: str) -> None:
+    message = error_of({**gcp(), "servedModelName": name})
+    assert f"llm-endpoint:servedModelName = {name!r}: clients send this name" in message
+
+
+def test_served_model_name_accepts_hub_style_names() -> None:
+    assert config.parse({**gcp(), "servedModelName": "Qwen/Qwen2.5-7B:v1"}).served_model_name

@@ -1,0 +1,218 @@
+"""Checks across keys (zone against machine type, disk against model, ...), run all at once.
+
+pydantic validates each key on its own; these checks run afterwards on every key that passed,
+so one run reports every problem: a check is skipped only when a key it reads is itself wrong
+(that key's own problem is reported instead). Each check names the keys it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from infra import gcp_catalog, serving
+from infra.config_report import PROJECT, Problem
+
+if TYPE_CHECKING:
+    from infra.config import GcpConfig, StackConfig
+
+Check = Callable[["StackConfig"], Iterator[Problem]]
+_CHECKS: list[tuple[tuple[str, ...], Check]] = []
+
+WORLD_OPEN = ("0.0.0.0/0", "::/0")
+DEFAULT_BOOT_IMAGE = (
+    "projects/ubuntu-os-accelerator-images/global/images/family/"
+    "ubuntu-accelerator-2404-amd64-with-nvidia-580"
+)
+# docs/facts/vllm.md: meta-llama/* models are gated (need HF_TOKEN and an accepted licence).
+GATED_MODEL_PREFIXES = ("meta-llama/",)
+
+
+def check(*keys: str) -> Callable[[Check], Check]:
+    def register(fn: Check) -> Check:
+        _CHECKS.append((keys, fn))
+        return fn
+
+    return register
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def run_checks(cfg: StackConfig, failed: frozenset[str]) -> list[Problem]:
+    """Every registered check whose keys all passed validation, in registration order."""
+    problems: list[Problem] = []
+    for keys, fn in _CHECKS:
+        if not any(_overlaps(k, f) for k in keys for f in failed):
+            problems.extend(fn(cfg))
+    return problems
+
+
+@check("gcp", "runpod")
+def _something_to_deploy(cfg: StackConfig) -> Iterator[Problem]:
+    if cfg.gcp is None and cfg.runpod is None:
+        yield Problem(
+            "gcp",
+            None,
+            f"the stack deploys nothing. Add an `{PROJECT}:gcp` object, an `{PROJECT}:runpod` "
+            "object, or both (docs/configuration.md)",
+        )
+
+
+@check("gcp.zone", "gcp.machineType")
+def _zone_offers_the_gpu(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None:
+        return
+    accelerator = g.shape.accelerator
+    if g.zone not in gcp_catalog.A100_ZONES[accelerator]:
+        offering = ", ".join(sorted(gcp_catalog.A100_ZONES[accelerator]))
+        yield Problem(
+            "gcp.zone",
+            g.zone,
+            f"zone does not offer {accelerator} (needed by {g.machine_type}). "
+            f"Use one of {offering}",
+        )
+
+
+@check("gcp.gpuCount", "gcp.machineType")
+def _gpu_count_matches(cfg: StackConfig) -> Iterator[Problem]:
+    g = cfg.gcp
+    if g is not None and g.gpu_count is not None and g.gpu_count != g.shape.gpus:
+        yield Problem(
+            "gcp.gpuCount",
+            g.gpu_count,
+            f"{g.machine_type} comes with {g.shape.gpus} GPU(s) attached. Set gpuCount to "
+            f"{g.shape.gpus}, remove it, or pick the a2 machine type with that many GPUs",
+        )
+
+
+@check("gcp.spotTerminationAction", "gcp.spot")
+def _spot_action_needs_spot(cfg: StackConfig) -> Iterator[Problem]:
+    g = cfg.gcp
+    if g is not None and g.spot_termination_action is not None and not g.spot:
+        yield Problem(
+            "gcp.spotTerminationAction",
+            g.spot_termination_action,
+            "only applies to spot VMs. Remove it, or set spot: true",
+        )
+
+
+@check("gcp.allowedSourceRanges", "gcp.sshSourceRanges", "gcp.allowWorldOpen")
+def _not_world_open(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None or g.allow_world_open:
+        return
+    for key, ranges in (
+        ("gcp.allowedSourceRanges", g.allowed_source_ranges),
+        ("gcp.sshSourceRanges", g.ssh_source_ranges),
+    ):
+        open_ranges = [r for r in ranges if r in WORLD_OPEN]
+        if open_ranges:
+            yield Problem(
+                key,
+                open_ranges[0],
+                "opens the endpoint to the whole internet. List your own networks instead, "
+                "or set allowWorldOpen: true if that is really intended",
+            )
+
+
+@check("gcp.bootImage", "gcp.bootImageDriverMajor")
+def _driver_new_enough(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None:
+        return
+    yield from _driver_problems(g)
+
+
+def _driver_problems(g: GcpConfig) -> Iterator[Problem]:
+    driver = g.driver_major
+    if driver is None:
+        yield Problem(
+            "gcp.bootImage",
+            g.boot_image,
+            "the NVIDIA driver version cannot be read from the image name. Set "
+            f"bootImageDriverMajor to the image's driver major version (>= "
+            f"{serving.MIN_NVIDIA_DRIVER_MAJOR}), or use {DEFAULT_BOOT_IMAGE}",
+        )
+    elif driver < serving.MIN_NVIDIA_DRIVER_MAJOR:
+        declared = g.boot_image_driver_major is not None
+        yield Problem(
+            "gcp.bootImageDriverMajor" if declared else "gcp.bootImage",
+            g.boot_image_driver_major if declared else g.boot_image,
+            f"NVIDIA driver {driver} is too old for {serving.VLLM_IMAGE} (CUDA "
+            f"{serving.MIN_CUDA_VERSION} needs {serving.MIN_NVIDIA_DRIVER_MAJOR}+). Use an "
+            f"image with driver {serving.MIN_NVIDIA_DRIVER_MAJOR}+, e.g. {DEFAULT_BOOT_IMAGE}",
+        )
+
+
+@check("model", "hfToken")
+def _gated_model_has_token(cfg: StackConfig) -> Iterator[Problem]:
+    if cfg.model.startswith(GATED_MODEL_PREFIXES) and cfg.hf_token is None:
+        yield Problem(
+            "hfToken",
+            None,
+            f"{cfg.model} is gated on Hugging Face: without a token the download fails "
+            "after the GPU is already billing. Accept the model's licence on huggingface.co, "
+            f"then `pulumi config set --secret {PROJECT}:hfToken` (it prompts for the token)",
+        )
+
+
+@check("model", "modelWeightsGb")
+def _weights_size_known(cfg: StackConfig) -> Iterator[Problem]:
+    if cfg.weights_gb is None:
+        yield Problem(
+            "modelWeightsGb",
+            None,
+            f"the size of {cfg.model}'s weights is unknown. Set modelWeightsGb to the size "
+            "of its safetensors files in GB, e.g. `llm-endpoint:modelWeightsGb: 15.3`",
+        )
+
+
+@check("gcp.bootDiskSizeGb", "model", "modelWeightsGb")
+def _boot_disk_holds_the_model(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None or (weights := cfg.weights_gb) is None:
+        return
+    need = serving.minimum_boot_disk_gb(weights)
+    if g.boot_disk_size_gb < need:
+        yield Problem(
+            "gcp.bootDiskSizeGb",
+            g.boot_disk_size_gb,
+            f"too small for the OS, the vLLM image and {cfg.model} "
+            f"(~{weights:g} GB of weights). Set it to at least {need}",
+        )
+
+
+@check("runpod.image")
+def _pod_image_set(cfg: StackConfig) -> Iterator[Problem]:
+    if cfg.runpod is not None and cfg.runpod.image is None:
+        yield Problem(
+            "runpod.image",
+            None,
+            "RunPod pods need the llm-endpoint pod image (the pinned vLLM image plus the "
+            "proxy; RunPod's API cannot replace the stock image's entrypoint). Build and push "
+            f"it: `docker build -t REGISTRY/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1 "
+            "infra/runpod/image && docker push ...`, then `pulumi config set --path "
+            f"{PROJECT}:runpod.image REGISTRY/...` (docs/runpod.md)",
+        )
+
+
+@check("runpod.containerDiskGb", "runpod.volumeGb", "model", "modelWeightsGb")
+def _pod_disks_hold_the_model(cfg: StackConfig) -> Iterator[Problem]:
+    if (rp := cfg.runpod) is None or (weights := cfg.weights_gb) is None:
+        return
+    need = serving.minimum_pod_container_disk_gb(weights, rp.volume_gb)
+    if rp.container_disk_gb < need:
+        yield Problem(
+            "runpod.containerDiskGb",
+            rp.container_disk_gb,
+            f"too small for {cfg.model} (~{weights:g} GB of weights"
+            f"{'' if rp.volume_gb else ', downloaded to the container disk'}). Set it to at "
+            f"least {need}, or add a volume for the model cache with runpod.volumeGb",
+        )
+    staged = serving.staged_download_gb(weights)
+    if rp.volume_gb and rp.volume_gb < staged:
+        yield Problem(
+            "runpod.volumeGb",
+            rp.volume_gb,
+            f"too small for {cfg.model}'s ~{weights:g} GB of weights. Set it to at "
+            f"least {staged}, or to 0 for no volume",
+        )
