@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 import time
 
 import pytest
@@ -111,8 +112,12 @@ def test_stream_flushes_chunks_one_by_one_and_ends_with_done():
     assert events[-1] == "data: [DONE]"
     contents = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert contents == ["", "a", "b", "c", ""]
+    # Each event arrived on its own, not in one buffered lump. Judged on the median gap and the
+    # whole spread, not the smallest gap: on a loaded machine the client may be scheduled late
+    # and read two flushed events in one go, while a buffered stream has no spread at all.
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 0.03  # each event arrived on its own, not in one buffered lump
+    assert statistics.median(gaps) >= 0.03
+    assert arrivals[-1] - arrivals[0] >= 0.03 * len(gaps)
 
 
 def test_variants_health_unready_wrong_model_and_refused_paths():
