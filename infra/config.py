@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
-from infra import config_checks, config_report, gcp_catalog, serving
+from infra import config_checks, config_report, gcp_catalog, group_plan, serving
 from infra.config_checks import DEFAULT_BOOT_IMAGE, GATED_MODEL_PREFIXES, WORLD_OPEN
 from infra.config_report import PROJECT, SECRET_KEYS, Problem
 
@@ -61,6 +61,7 @@ _BEARER_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 # What clients send as "model": no spaces or quotes, so it is typed and matched exactly.
 _SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 _EXAMPLE_RANGE = "198.51.100.7/32"
+DEFAULT_ZONE = "us-central1-a"
 
 
 class ConfigError(pulumi.RunError):
@@ -90,7 +91,11 @@ class GcpConfig(_Model):
     """`llm-endpoint:gcp`: a Google Cloud A100 VM serving vLLM on port 8000."""
 
     project: str = Field(examples=["my-project-123"])
-    zone: str = Field(default="us-central1-a", examples=["us-central1-a"])
+    # `zone` and `region` are read into *_setting fields so that a pinned zone can be told from
+    # the default; the `zone` and `region` properties give the effective values.
+    zone_setting: str | None = Field(
+        default=None, validation_alias="zone", examples=["us-central1-a"]
+    )
     machine_type: str = Field(default="a2-highgpu-1g", examples=["a2-ultragpu-1g"])
     gpu_count: int | None = Field(default=None, examples=[1])
     spot: bool = Field(default=False, examples=[True])
@@ -113,6 +118,14 @@ class GcpConfig(_Model):
     ready_timeout_minutes: int = Field(default=45, ge=5, le=240, examples=[45])
     idle_stop_minutes: int = Field(default=0, ge=0, le=10080, examples=[60])
     labels: dict[str, str] = Field(default_factory=dict, examples=[{"team": "ml"}])
+    # Group mode (docs/scale-out.md): replicas >= 2 behind one load balancer.
+    region_setting: str | None = Field(
+        default=None, validation_alias="region", examples=["us-central1"]
+    )
+    replicas: int = Field(default=1, examples=[2])
+    max_surge: int = Field(default=0, ge=0, le=gcp_catalog.MAX_REPLICAS, examples=[0])
+    idle_min_replicas: int = Field(default=0, ge=0, examples=[0])
+    gpu_quota: int | None = Field(default=None, ge=0, examples=[8])
 
     @field_validator("project")
     @classmethod
@@ -158,8 +171,37 @@ class GcpConfig(_Model):
         return gcp_catalog.A100_MACHINE_TYPES[self.machine_type]
 
     @property
+    def zone(self) -> str:
+        """The VM's zone; in group mode the provider's default zone (the group spreads over
+        the region's zones). Without gcp.zone: the region's first A100 zone, else the default."""
+        if self.zone_setting is not None:
+            return self.zone_setting
+        if self.region_setting is not None and self.region_zones:
+            return self.region_zones[0]
+        return DEFAULT_ZONE
+
+    @property
     def region(self) -> str:
-        return gcp_catalog.region_of(self.zone)
+        return self.region_setting or gcp_catalog.region_of(self.zone)
+
+    @property
+    def region_zones(self) -> list[str]:
+        """The zones of the region that offer the machine type's A100, sorted."""
+        zones = gcp_catalog.A100_ZONES[self.shape.accelerator]
+        return sorted(z for z in zones if gcp_catalog.region_of(z) == self.region)
+
+    @property
+    def group_mode(self) -> bool:
+        return self.replicas > 1
+
+    def plan_group(self) -> group_plan.GroupPlan:
+        return group_plan.plan(
+            region_zones=self.region_zones,
+            replicas=self.replicas,
+            max_surge=self.max_surge,
+            ready_timeout_minutes=self.ready_timeout_minutes,
+            gpus_per_replica=self.shape.gpus,
+        )
 
     @property
     def driver_major(self) -> int | None:

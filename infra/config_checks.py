@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from infra import gcp_catalog, serving
+from infra import gcp_catalog, group_plan, serving
 from infra.config_report import PROJECT, Problem
 
 if TYPE_CHECKING:
@@ -72,6 +72,29 @@ def _zone_offers_the_gpu(cfg: StackConfig) -> Iterator[Problem]:
             g.zone,
             f"zone does not offer {accelerator} (needed by {g.machine_type}). "
             f"Use one of {offering}",
+        )
+
+
+@check("gcp.zone", "gcp.region", "gcp.machineType")
+def _zone_in_region_and_region_offers_the_gpu(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None or g.region_setting is None:
+        return
+    if g.zone_setting is not None and gcp_catalog.region_of(g.zone_setting) != g.region_setting:
+        yield Problem(
+            "gcp.zone",
+            g.zone_setting,
+            f"is not in gcp.region {g.region_setting!r}. Remove gcp.zone (the region's A100 "
+            "zones are used) or make the two agree",
+        )
+    elif not g.region_zones:
+        accelerator = g.shape.accelerator
+        regions = sorted({gcp_catalog.region_of(z) for z in gcp_catalog.A100_ZONES[accelerator]})
+        yield Problem(
+            "gcp.machineType",
+            g.machine_type,
+            f"no zone of gcp.region {g.region_setting!r} offers {accelerator}. Set gcp.region "
+            f"to one of {', '.join(regions)}, or pick an a2 machine type with the other A100 "
+            "(a2-highgpu-* have A100 40GB, a2-ultragpu-* A100 80GB)",
         )
 
 
@@ -215,4 +238,100 @@ def _pod_disks_hold_the_model(cfg: StackConfig) -> Iterator[Problem]:
             rp.volume_gb,
             f"too small for {cfg.model}'s ~{weights:g} GB of weights. Set it to at "
             f"least {staged}, or to 0 for no volume",
+        )
+
+
+# --- group mode (gcp.replicas >= 2, docs/scale-out.md) ----------------------------------------
+
+
+@check("gcp.replicas", "gcp.region", "gcp.zone", "gcp.machineType")
+def _replicas_in_range(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None:
+        return
+    if g.replicas < 1:
+        yield Problem(
+            "gcp.replicas",
+            g.replicas,
+            "a stack serves at least one replica. Set 1 (one VM) or more (a group behind a "
+            "load balancer); to stop serving, run `pulumi destroy` or remove llm-endpoint:gcp",
+        )
+    elif g.replicas > gcp_catalog.MAX_REPLICAS:
+        yield Problem(
+            "gcp.replicas",
+            g.replicas,
+            f"more than this program declares ({gcp_catalog.MAX_REPLICAS}; "
+            f"{len(g.region_zones)} zone(s) of {g.region} offer {g.shape.accelerator}). Use at "
+            f"most {gcp_catalog.MAX_REPLICAS}, or a bigger machine type per replica "
+            "(docs/design-gke.md for more)",
+        )
+
+
+@check("gcp.replicas", "gcp.maxSurge", "gcp.idleMinReplicas")
+def _group_keys_need_a_group(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None or g.group_mode:
+        return
+    for key, value in (("gcp.maxSurge", g.max_surge), ("gcp.idleMinReplicas", g.idle_min_replicas)):
+        if value:
+            yield Problem(key, value, "only applies to a group. Remove it, or set replicas: 2+")
+
+
+@check("gcp.replicas", "gcp.zone", "gcp.region", "gcp.machineType")
+def _group_zone_not_pinned(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None or not g.group_mode or g.zone_setting is None:
+        return
+    yield Problem(
+        "gcp.zone",
+        g.zone_setting,
+        f"pins every replica to one zone, but replicas: {g.replicas} spread over the region's "
+        f"zones. Remove gcp.zone and set gcp.region: {g.region} (its A100 zones: "
+        f"{', '.join(g.region_zones)})",
+    )
+
+
+@check("gcp.replicas", "gcp.readyTimeoutMinutes", "gcp.stopOnFailure", "gcp.idleMinReplicas")
+def _group_stops_fit_the_group(cfg: StackConfig) -> Iterator[Problem]:
+    if (g := cfg.gcp) is None or not g.group_mode:
+        return
+    limit = group_plan.MAX_GROUP_READY_TIMEOUT_MINUTES
+    if g.ready_timeout_minutes > limit:
+        yield Problem(
+            "gcp.readyTimeoutMinutes",
+            g.ready_timeout_minutes,
+            "too long for a group: autohealing must wait out a replica's cold start and Google "
+            f"allows it at most {group_plan.MAX_INITIAL_DELAY_SECONDS} s. Set it to at most "
+            f"{limit}",
+        )
+    if not g.stop_on_failure:
+        yield Problem(
+            "gcp.stopOnFailure",
+            g.stop_on_failure,
+            "a group's autohealing would recreate a broken replica that stays up, boot after "
+            "boot, each billing GPU time. Keep it true (to debug a VM, use replicas: 1)",
+        )
+    if g.idle_min_replicas >= g.replicas:
+        yield Problem(
+            "gcp.idleMinReplicas",
+            g.idle_min_replicas,
+            f"must be below replicas ({g.replicas}): it is how many replicas idle ones leave "
+            "serving. Lower it (0 lets an idle group empty itself)",
+        )
+
+
+@check("gcp.replicas", "gcp.gpuQuota", "gcp.maxSurge", "gcp.region", "gcp.machineType")
+def _group_within_quota(cfg: StackConfig) -> Iterator[Problem]:
+    g = cfg.gcp
+    if g is None or not g.group_mode or g.gpu_quota is None or not g.region_zones:
+        return
+    if g.replicas > gcp_catalog.MAX_REPLICAS:
+        return
+    plan = g.plan_group()
+    if plan.gpus_needed > g.gpu_quota:
+        quotas = ", ".join(gcp_catalog.quota_names(g.shape.accelerator, g.spot))
+        surge = f" + a surge of {plan.max_surge}" if plan.max_surge else ""
+        yield Problem(
+            "gcp.replicas",
+            g.replicas,
+            f"needs {plan.gpus_needed} GPUs in {g.region} ({g.replicas} x {g.shape.gpus}{surge}) "
+            f"but gcp.gpuQuota is {g.gpu_quota}. Lower replicas or maxSurge, or raise the "
+            f"quotas {quotas} (IAM & Admin > Quotas) and set gpuQuota to match",
         )

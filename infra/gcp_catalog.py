@@ -79,3 +79,26 @@ IAP_SSH_RANGE = "35.235.240.0/20"
 
 def region_of(zone: str) -> str:
     return zone.rsplit("-", 1)[0]
+
+
+# The most replicas a stack may ask for: a guard against a typo (16 A100 VMs bill ~$60/h on
+# demand), not a Google limit. More needs the step after this one (docs/design-gke.md).
+MAX_REPLICAS = 16
+
+# Quotas a group of A100 VMs draws on, as named on the console's Quotas page and in
+# `quotaExceeded` errors (docs/facts/gcp.md, "Quotas"): the regional GPU quota of the
+# accelerator (spot VMs draw on the PREEMPTIBLE_ one where the project has it, else on the
+# regular one), the global GPUS_ALL_REGIONS, and the regional A2 CPU quota.
+_GPU_QUOTA = {A100_40GB: "NVIDIA_A100_GPUS", A100_80GB: "NVIDIA_A100_80GB_GPUS"}
+
+
+def quota_names(accelerator: str, spot: bool) -> list[str]:
+    gpu = _GPU_QUOTA[accelerator]
+    names = [f"PREEMPTIBLE_{gpu}", gpu] if spot else [gpu]
+    return [*names, "GPUS_ALL_REGIONS", "A2_CPUS"]
+
+
+# Where Google's health checks come from (docs/facts/gcp.md, "Health checks"): the ranges for
+# every health check (35.191.0.0/16, 130.211.0.0/22) plus the ones a backend service-based
+# external passthrough Network Load Balancer's checks use (209.85.152.0/22, 209.85.204.0/22).
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22", "209.85.152.0/22", "209.85.204.0/22")

@@ -31,3 +31,12 @@ def gcp_vm_estimate(machine_type: str, gpus: int, spot: bool) -> HourlyEstimate:
     if gpus > 1:
         basis += f", scaled from the 1-GPU shape x{gpus}"
     return HourlyEstimate(round(per_gpu * gpus, 3), basis)
+
+
+def gcp_group_estimate(machine_type: str, gpus: int, spot: bool, replicas: int) -> HourlyEstimate:
+    """The whole group at its target size: `replicas` VMs. The load balancer's forwarding rule
+    and the disks are not included (small next to the GPUs)."""
+    one = gcp_vm_estimate(machine_type, gpus, spot)
+    basis = f"{replicas} replicas x ~${one.usd_per_hour:.2f}/h; {one.basis}"
+    basis += "; forwarding rule not included"
+    return HourlyEstimate(round(one.usd_per_hour * replicas, 3), basis)

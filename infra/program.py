@@ -26,11 +26,14 @@ def run() -> dict[str, Any]:
         outputs |= {
             "endpoint": vm.endpoint,
             "ip": vm.ip,
-            "instance_name": vm.instance_name,
+            # In group mode: the load balancer's address, and the group's name.
+            ("instance_group" if cfg.gcp.group_mode else "instance_name"): vm.instance_name,
             "smoke_test_command": vm.smoke_test_command,
             "estimated_cost_per_hour": vm.estimated_cost,
             "estimated_usd_per_hour": vm.estimated_usd_per_hour,
         }
+        if cfg.gcp.group_mode:
+            outputs["replicas"] = vm.replicas
 
     # RunPod pods (issue 5)
     if cfg.runpod is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from infra import proxy_config
+from infra import group_runtime, proxy_config
 from infra.serving import MIN_NVIDIA_DRIVER_MAJOR, PUBLIC_PORT, VLLM_INTERNAL_PORT, ServingSpec
 
 STARTUP_DIR = Path(__file__).resolve().parent.parent / "startup"
@@ -42,7 +42,7 @@ _env.filters["q"] = lambda v: shlex.quote(str(v))
 # a brief outage to pass; a restart in progress does not count at all (startup/autostop.sh.j2).
 DEAD_GRACE_MINUTES = 10
 
-_HEREDOC_ENDS = ("LLM_ENDPOINT_NGINX_CONF", "LLM_ENDPOINT_AUTOSTOP")
+_HEREDOC_ENDS = ("LLM_ENDPOINT_NGINX_CONF", "LLM_ENDPOINT_AUTOSTOP", "LLM_ENDPOINT_LEAVE_GROUP")
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,26 @@ class StartupParams:
     public_port: int = PUBLIC_PORT
     vllm_port: int = VLLM_INTERNAL_PORT
     proxy_image: str = proxy_config.PROXY_IMAGE
+    # Set for a replica of a group (gcp.replicas >= 2): it leaves the group instead of powering
+    # off, and the group's autohealing, not the autostop check, replaces a dead vLLM.
+    group: group_runtime.GroupParams | None = None
 
 
 def needs_autostop(params: StartupParams) -> bool:
     """Whether the VM runs the autostop check once ready: for a dead vLLM (stop_on_failure)
     and/or for an idle one (idle_stop_minutes)."""
-    return params.stop_on_failure or params.idle_stop_minutes > 0
+    return _autostop_dead_check(params) or params.idle_stop_minutes > 0
+
+
+def _autostop_dead_check(params: StartupParams) -> bool:
+    return params.stop_on_failure and params.group is None
 
 
 def render_autostop_check(params: StartupParams) -> str:
     """The autostop check the script installs (also rendered alone for tests)."""
     return _env.get_template("autostop.sh.j2").render(
-        stop_on_failure=params.stop_on_failure,
+        stop_on_failure=_autostop_dead_check(params),
+        leave_group_path=group_runtime.LEAVE_GROUP_PATH if params.group else "",
         grace_minutes=DEAD_GRACE_MINUTES,
         idle_stop_minutes=params.idle_stop_minutes,
         vllm_port=params.vllm_port,
@@ -91,7 +99,8 @@ def render_startup_script(params: StartupParams) -> str:
         error_log="stderr",
     )
     autostop = render_autostop_check(params) if needs_autostop(params) else ""
-    for text in (nginx_conf, autostop):
+    leave_group = group_runtime.render_leave_group(params.group) if params.group else ""
+    for text in (nginx_conf, autostop, leave_group):
         if any(end in text for end in _HEREDOC_ENDS):
             raise ValueError("an embedded file contains a heredoc terminator")
         if text and not text.endswith("\n"):
@@ -111,6 +120,15 @@ def render_startup_script(params: StartupParams) -> str:
         autostop=autostop,
         dead_grace_minutes=DEAD_GRACE_MINUTES,
         vllm_container=VLLM_CONTAINER,
+        leave_group=leave_group,
+        # Today's single VM keeps its script byte for byte: a change would replace the VM.
+        dead_check_var="DEAD_CHECK" if params.group else "STOP_ON_FAILURE",
+        watchdog_stop=(
+            f"{group_runtime.LEAVE_GROUP_PATH} failure 'startup still not done after its deadline'"
+            if params.group
+            else "systemctl poweroff"
+        ),
+        leave_group_path=group_runtime.LEAVE_GROUP_PATH,
     )
     if len(script.encode()) > MAX_STARTUP_SCRIPT_BYTES:
         raise ValueError(

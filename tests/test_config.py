@@ -199,6 +199,73 @@ ERROR_CASES = [
         ["deploys nothing", "llm-endpoint:runpod"],
         id="no-target",
     ),
+    # Group mode (gcp.replicas >= 2, docs/scale-out.md).
+    pytest.param(
+        gcp(replicas=0),
+        "llm-endpoint:gcp.replicas = 0",
+        ["at least one replica", "pulumi destroy"],
+        id="replicas-zero",
+    ),
+    pytest.param(
+        gcp(replicas=17, region="us-central1"),
+        "llm-endpoint:gcp.replicas = 17",
+        ["at most 16", "4 zone(s) of us-central1"],
+        id="replicas-above-the-limit",
+    ),
+    pytest.param(
+        gcp(replicas=2, zone="us-central1-a"),
+        "llm-endpoint:gcp.zone = 'us-central1-a'",
+        ["Remove gcp.zone", "gcp.region: us-central1", "us-central1-b"],
+        id="zone-pinned-with-replicas",
+    ),
+    pytest.param(
+        gcp(region="us-west1", machineType="a2-ultragpu-1g", replicas=2),
+        "llm-endpoint:gcp.machineType = 'a2-ultragpu-1g'",
+        ["no zone of gcp.region 'us-west1' offers nvidia-a100-80gb", "us-central1"],
+        id="machine-type-no-zone-of-region-offers",
+    ),
+    pytest.param(
+        gcp(region="europe-west4", zone="us-central1-a"),
+        "llm-endpoint:gcp.zone = 'us-central1-a'",
+        ["is not in gcp.region 'europe-west4'"],
+        id="zone-outside-region",
+    ),
+    pytest.param(
+        gcp(replicas=3, region="us-central1", gpuQuota=2),
+        "llm-endpoint:gcp.replicas = 3",
+        ["needs 3 GPUs", "gpuQuota is 2", "NVIDIA_A100_GPUS", "GPUS_ALL_REGIONS"],
+        id="replicas-above-quota",
+    ),
+    pytest.param(
+        gcp(replicas=2, region="us-central1", maxSurge=1, gpuQuota=2, spot=True),
+        "llm-endpoint:gcp.replicas = 2",
+        ["needs 3 GPUs", "a surge of 1", "PREEMPTIBLE_NVIDIA_A100_GPUS"],
+        id="surge-above-spot-quota",
+    ),
+    pytest.param(
+        gcp(replicas=2, region="us-central1", readyTimeoutMinutes=60),
+        "llm-endpoint:gcp.readyTimeoutMinutes = 60",
+        ["3600 s", "at most 45"],
+        id="group-ready-timeout-beyond-autohealing-limit",
+    ),
+    pytest.param(
+        gcp(replicas=2, region="us-central1", stopOnFailure=False),
+        "llm-endpoint:gcp.stopOnFailure = False",
+        ["recreate a broken replica", "replicas: 1"],
+        id="group-without-stop-on-failure",
+    ),
+    pytest.param(
+        gcp(replicas=2, region="us-central1", idleMinReplicas=2),
+        "llm-endpoint:gcp.idleMinReplicas = 2",
+        ["below replicas (2)"],
+        id="idle-minimum-not-below-replicas",
+    ),
+    pytest.param(
+        gcp(maxSurge=1),
+        "llm-endpoint:gcp.maxSurge = 1",
+        ["only applies to a group", "replicas: 2+"],
+        id="surge-without-group",
+    ),
 ]
 
 
@@ -529,3 +596,16 @@ def test_served_model_name_must_be_one_word(name: str) -> None:
 
 def test_served_model_name_accepts_hub_style_names() -> None:
     assert config.parse({**gcp(), "servedModelName": "Qwen/Qwen2.5-7B:v1"}).served_model_name
+
+
+def test_region_alone_picks_its_first_a100_zone_and_a_zone_gives_its_region() -> None:
+    europe = config.parse(gcp(region="europe-west4", machineType="a2-ultragpu-1g")).gcp
+    assert europe is not None
+    assert (europe.zone, europe.region, europe.region_zones) == (
+        "europe-west4-a",
+        "europe-west4",
+        ["europe-west4-a"],
+    )
+    default = config.parse(gcp()).gcp
+    assert default is not None
+    assert (default.zone, default.region, default.replicas) == ("us-central1-a", "us-central1", 1)

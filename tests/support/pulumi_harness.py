@@ -26,6 +26,7 @@ PROJECT = "llm-endpoint"
 # Canned values the mocks give for provider-computed outputs.
 MOCK_IP = "203.0.113.10"
 MOCK_GENERATED_KEY = "mockgeneratedkey0123456789abcdefghijklmnopqrstuv"
+MOCK_LINK = "https://www.googleapis.com/compute/v1/projects/example-project"
 
 
 @dataclass
@@ -45,6 +46,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["result"] = MOCK_GENERATED_KEY
         elif args.typ == "gcp:secretmanager/secret:Secret":
             state["name"] = f"projects/example-project/secrets/{args.inputs['secretId']}"
+        elif args.typ == "gcp:projects/iAMCustomRole:IAMCustomRole":
+            state["name"] = f"projects/{args.inputs['project']}/roles/{args.inputs['roleId']}"
+        elif args.typ == "gcp:compute/instanceTemplate:InstanceTemplate":
+            state["selfLinkUnique"] = f"{MOCK_LINK}/global/instanceTemplates/{args.name}?uniqueId=1"
+        elif args.typ == "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager":
+            state["instanceGroup"] = f"{MOCK_LINK}/regions/r/instanceGroups/{args.inputs['name']}"
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:

@@ -1,0 +1,249 @@
+"""gcp.replicas under Pulumi's mocks: one replica is today's single VM, resource for resource;
+two or more are a group behind a passthrough load balancer (infra/gcp_group.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pytest
+
+from infra import gcp_catalog, group_plan, serving
+from infra.config import GcpConfig
+from tests.support.pulumi_harness import (
+    MOCK_GENERATED_KEY,
+    MOCK_IP,
+    RecordingMocks,
+    run_program,
+    stack_config,
+    stack_test,
+    value,
+)
+
+TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
+GROUP = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
+HEALTH_CHECK = "gcp:compute/regionHealthCheck:RegionHealthCheck"
+BACKEND = "gcp:compute/regionBackendService:RegionBackendService"
+FORWARDING_RULE = "gcp:compute/forwardingRule:ForwardingRule"
+FIREWALL = "gcp:compute/firewall:Firewall"
+INSTANCE = "gcp:compute/instance:Instance"
+CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
+IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
+GROUP_TYPES = {TEMPLATE, GROUP, HEALTH_CHECK, BACKEND, FORWARDING_RULE, CUSTOM_ROLE}
+
+# What the dev stack (one VM) declared before groups existed, recorded from the previous
+# commit's program under the same mocks: type and name (the name fixes the URN, so the same
+# list means `pulumi up` after this change creates and deletes nothing).
+TODAYS_DEV_STACK = sorted(
+    [
+        ("llm-endpoint:gcp:VllmVm", "gcp"),
+        ("pulumi:providers:gcp", "gcp-provider"),
+        ("random:index/randomPassword:RandomPassword", "api-key"),
+        ("gcp:projects/service:Service", "gcp-api-compute"),
+        ("gcp:projects/service:Service", "gcp-api-secretmanager"),
+        ("gcp:projects/service:Service", "gcp-api-iam"),
+        ("gcp:projects/service:Service", "gcp-api-cloudresourcemanager"),
+        ("gcp:serviceaccount/account:Account", "gcp-sa"),
+        ("gcp:projects/iAMMember:IAMMember", "gcp-log-writer"),
+        ("gcp:secretmanager/secret:Secret", "gcp-api-key"),
+        ("gcp:secretmanager/secretVersion:SecretVersion", "gcp-api-key-version"),
+        ("gcp:secretmanager/secretIamMember:SecretIamMember", "gcp-api-key-accessor"),
+        ("gcp:compute/address:Address", "gcp-ip"),
+        ("gcp:compute/firewall:Firewall", "gcp-allow-tcp8000"),
+        ("gcp:compute/firewall:Firewall", "gcp-allow-tcp22"),
+        ("gcp:compute/firewall:Firewall", "gcp-deny-tcp22-8000"),
+        ("gcp:compute/firewall:Firewall", "gcp-deny-tcp22-8000-v6"),
+        ("gcp:compute/instance:Instance", "gcp-vm"),
+    ]
+)
+
+
+def group_stack(**gcp: Any) -> tuple[dict[str, str], list[str]]:
+    """The dev stack as a group: the region instead of a pinned zone."""
+    config, secret_keys = stack_config(
+        "dev", {"gcp": {"replicas": 2, "region": "us-central1", **gcp}}
+    )
+    doc = json.loads(config["llm-endpoint:gcp"])
+    doc.pop("zone")
+    config["llm-endpoint:gcp"] = json.dumps(doc)
+    return config, secret_keys
+
+
+def allow_rules(mocks: RecordingMocks) -> list[dict[str, Any]]:
+    return [r.inputs for r in mocks.of_type(FIREWALL) if "allows" in r.inputs]
+
+
+@stack_test
+async def test_one_replica_declares_exactly_todays_resources() -> None:
+    for overrides in ({}, {"gcp": {"replicas": 1}}):
+        _, mocks = await run_program(*stack_config("dev", overrides))
+        assert sorted((r.typ, r.name) for r in mocks.resources) == TODAYS_DEV_STACK
+        assert not GROUP_TYPES & {r.typ for r in mocks.resources}
+
+
+@stack_test
+async def test_two_replicas_declare_template_group_checks_and_balancer() -> None:
+    outputs, mocks = await run_program(*group_stack())
+    assert mocks.of_type(INSTANCE) == []
+    template = mocks.one(TEMPLATE).inputs
+    group = mocks.one(GROUP).inputs
+    [lb_check, heal_check] = sorted(
+        (r.inputs for r in mocks.of_type(HEALTH_CHECK)), key=lambda c: c["checkIntervalSec"]
+    )
+    backend = mocks.one(BACKEND).inputs
+    rule = mocks.one(FORWARDING_RULE).inputs
+
+    # The template carries the single VM's runtime: script, account, scopes, tag, scheduling.
+    assert template["machineType"] == "a2-highgpu-1g"
+    assert template["disks"][0]["sourceImage"].endswith(
+        "ubuntu-accelerator-2404-amd64-with-nvidia-580"
+    )
+    assert template["disks"][0]["boot"] is True
+    script = template["metadataStartupScript"]
+    assert "llm-dev-api-key" in script and serving.VLLM_IMAGE in script
+    assert "llm-endpoint-leave-group" in script
+    assert template["serviceAccount"]["scopes"] == [
+        "https://www.googleapis.com/auth/cloud-platform"
+    ]
+    assert template["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    tag = template["tags"][0]
+    assert "guestAccelerators" not in template
+    assert MOCK_GENERATED_KEY not in json.dumps(template)
+
+    # A regional group over the zones that offer the A100, minus one so a roll keeps one up.
+    assert group["region"] == "us-central1"
+    assert group["distributionPolicyZones"] == ["us-central1-a"]
+    assert group["distributionPolicyTargetShape"] == "BALANCED"
+    assert group["targetSize"] == 2
+    assert group["versions"][0]["instanceTemplate"].endswith("?uniqueId=1")
+    healing = group["autoHealingPolicies"]
+    assert healing["initialDelaySec"] == 45 * 60 + 600 + 300 <= 3600
+    assert healing["healthCheck"] == "gcp-heal-check-id"
+    policy = group["updatePolicy"]
+    assert (policy["maxSurgeFixed"], policy["maxUnavailableFixed"]) == (0, 1)
+    assert policy["type"] == "PROACTIVE"
+    assert policy["instanceRedistributionType"] == "NONE"  # what BALANCED requires
+    assert group["instanceLifecyclePolicy"] == {
+        "defaultActionOnFailure": "REPAIR",
+        "forceUpdateOnRepair": "YES",
+    }
+
+    # Both checks ask the proxy's unauthenticated /health on the public port.
+    for check in (lb_check, heal_check):
+        assert check["httpHealthCheck"] == {"port": 8000, "requestPath": "/health"}
+    assert heal_check["unhealthyThreshold"] * heal_check["checkIntervalSec"] >= 60
+
+    # Passthrough: EXTERNAL TCP backend service, long timeout, one forwarding rule on one IP.
+    assert (backend["loadBalancingScheme"], backend["protocol"]) == ("EXTERNAL", "TCP")
+    assert backend["timeoutSec"] == 3600
+    assert backend["healthChecks"] == "gcp-lb-check-id"
+    assert backend["backends"][0]["group"].endswith("/instanceGroups/llm-dev-group")
+    assert rule["ipAddress"] == MOCK_IP
+    assert (rule["portRange"], rule["ipProtocol"]) == ("8000", "TCP")
+    assert rule["loadBalancingScheme"] == "EXTERNAL"
+    assert rule["backendService"] == "gcp-backend-id"
+
+    # The allowlist still decides who gets in (clients keep their addresses through the
+    # balancer); Google's checkers get tcp:8000 only, which the proxy opens at /health only.
+    rules = {tuple(r["sourceRanges"]): r for r in allow_rules(mocks)}
+    assert rules[("203.0.113.0/24",)]["allows"] == [{"protocol": "tcp", "ports": ["8000"]}]
+    health = rules[gcp_catalog.HEALTH_CHECK_RANGES]
+    assert health["allows"] == [{"protocol": "tcp", "ports": ["8000"]}]
+    assert all(r["targetTags"] == [tag] for r in allow_rules(mocks))
+
+    assert await value(outputs["endpoint"]) == f"http://{MOCK_IP}:8000"
+    assert await value(outputs["replicas"]) == 2
+    assert await value(outputs["instance_group"]) == "llm-dev-group"
+    assert await value(outputs["estimated_usd_per_hour"]) == pytest.approx(2 * 3.673)
+    assert "2 replicas" in await value(outputs["estimated_cost_per_hour"])
+    assert "instance_name" not in outputs
+
+
+@stack_test
+async def test_replica_may_leave_only_its_own_group() -> None:
+    _, mocks = await run_program(*group_stack())
+    role = mocks.one(CUSTOM_ROLE).inputs
+    assert sorted(role["permissions"]) == [
+        "compute.instanceGroupManagers.get",
+        "compute.instanceGroupManagers.update",
+        "compute.instances.delete",
+    ]
+    [grant] = [r.inputs for r in mocks.of_type(IAM_MEMBER) if "condition" in r.inputs]
+    assert grant["role"] == f"projects/llm-endpoint-dev/roles/{role['roleId']}"
+    expression = grant["condition"]["expression"]
+    assert (
+        '"projects/llm-endpoint-dev/regions/us-central1/instanceGroupManagers/llm-dev-group"'
+        in expression
+    )
+    assert 'startsWith("llm-dev-replica-")' in expression
+
+
+@stack_test
+async def test_surge_spreads_over_more_zones_and_keeps_every_replica_serving() -> None:
+    _, mocks = await run_program(*group_stack(replicas=3, maxSurge=4))
+    group = mocks.one(GROUP).inputs
+    assert group["distributionPolicyZones"] == [
+        "us-central1-a",
+        "us-central1-b",
+        "us-central1-c",
+        "us-central1-f",
+    ]
+    policy = group["updatePolicy"]
+    assert (policy["maxSurgeFixed"], policy["maxUnavailableFixed"]) == (4, 0)
+
+
+@stack_test
+async def test_spot_replicas_come_back_through_the_group() -> None:
+    outputs, mocks = await run_program(*group_stack(spot=True, replicas=3))
+    template = mocks.one(TEMPLATE).inputs
+    assert template["scheduling"]["provisioningModel"] == "SPOT"
+    assert template["scheduling"]["instanceTerminationAction"] == "STOP"
+    # A preempted VM is a failed VM the group did not stop: REPAIR recreates it.
+    group = mocks.one(GROUP).inputs
+    assert group["instanceLifecyclePolicy"]["defaultActionOnFailure"] == "REPAIR"
+    assert await value(outputs["estimated_usd_per_hour"]) == pytest.approx(3 * 1.293)
+
+
+@stack_test
+async def test_preview_warns_with_quota_names_unless_gpu_quota_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warnings.append(msg))
+    await run_program(*group_stack(replicas=3))
+    [warning] = warnings
+    assert "llm-endpoint:gcp.replicas = 3 needs 3 nvidia-tesla-a100 GPUs" in warning
+    for quota in ("NVIDIA_A100_GPUS", "GPUS_ALL_REGIONS", "gcp.gpuQuota"):
+        assert quota in warning
+    warnings.clear()
+    await run_program(*group_stack(replicas=3, gpuQuota=8))
+    assert warnings == []
+
+
+def _gcp(**keys: Any) -> GcpConfig:
+    return GcpConfig.model_validate(
+        {"project": "my-project-1", "allowedSourceRanges": ["203.0.113.0/24"], **keys}
+    )
+
+
+@pytest.mark.parametrize("surge", [0, 1, 2, 4])
+def test_every_group_the_config_allows_keeps_a_replica_serving_within_google_limits(
+    surge: int,
+) -> None:
+    """Every region, machine type and size: Google's rule for regional groups (fixed surge and
+    unavailable each 0 or >= the zone count) holds, and a roll never takes all replicas down."""
+    for machine_type, shape in gcp_catalog.A100_MACHINE_TYPES.items():
+        regions = {gcp_catalog.region_of(z) for z in gcp_catalog.A100_ZONES[shape.accelerator]}
+        for region in sorted(regions):
+            for replicas in range(2, gcp_catalog.MAX_REPLICAS + 1):
+                g = _gcp(region=region, machineType=machine_type, replicas=replicas, maxSurge=surge)
+                plan = g.plan_group()
+                zones = len(plan.zones)
+                assert zones >= 1 and set(plan.zones) <= set(g.region_zones)
+                assert plan.max_surge in (0,) or plan.max_surge >= zones
+                assert plan.max_unavailable in (0,) or plan.max_unavailable >= zones
+                assert plan.max_surge + plan.max_unavailable > 0
+                assert plan.serving_during_roll >= 1
+                assert 0 <= plan.initial_delay_seconds <= group_plan.MAX_INITIAL_DELAY_SECONDS
+                assert plan.initial_delay_seconds > g.ready_timeout_minutes * 60 + 600

@@ -1,0 +1,76 @@
+"""The group's health checks, as Google's checkers send them, against the real Debian nginx with
+the project's proxy config in front of the vLLM stand-in: GET /health answers 200 without a
+key, and the same prober gets nothing else.
+
+The request is what an HTTP health check sends (docs/facts/gcp.md, "Health checks"): HTTP/1.1,
+`GET <requestPath>`, a Host header with the address it probes, the `GoogleHC/1.0` user agent,
+no credentials; 200 is the only healthy answer. tests/test_gcp_group.py checks that both
+health checks the group declares ask port 8000 and `/health`.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.support.nginx import run_proxy
+from tests.support.vllm_standin import StandinConfig, run_standin
+
+KEY = "group-health-check-key-0123456789abcdef"
+LB_IP = "203.0.113.10"
+
+
+def probe(port: int, method: str, path: str) -> tuple[int, bytes]:
+    """One request the way a Google health checker writes it; returns status and raw reply."""
+    request = (
+        f"{method} {path} HTTP/1.1\r\n"
+        f"Host: {LB_IP}:8000\r\n"
+        "User-Agent: GoogleHC/1.0\r\n"
+        "Connection: close\r\n"
+        "\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    return status, reply
+
+
+@pytest.fixture
+def proxied():
+    with (
+        run_standin(StandinConfig(api_key=KEY)) as vllm,
+        run_proxy(upstream=f"127.0.0.1:{vllm.port}", api_key=KEY) as proxy,
+    ):
+        yield vllm, proxy
+
+
+def test_the_checkers_request_for_health_gets_200_without_a_key(proxied) -> None:
+    vllm, proxy = proxied
+    for _ in range(3):  # a checker probes again and again, each on a new connection
+        status, _ = probe(proxy.port, "GET", "/health")
+        assert status == 200
+    assert set(vllm.paths()) == {"/health"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/metrics"),
+        ("POST", "/invocations"),
+        ("GET", "/health/../metrics"),
+        ("GET", "/healthz"),
+        ("POST", "/health"),
+    ],
+)
+def test_the_same_prober_gets_nothing_else(proxied, method: str, path: str) -> None:
+    vllm, proxy = proxied
+    status, _ = probe(proxy.port, method, path)
+    assert status in (401, 403, 404, 405), (method, path, status)
+    assert all(p == "/health" for p in vllm.paths()), vllm.paths()
