@@ -164,10 +164,12 @@ def run_proxy(
     api_key: str | None = None,
     auth_include_text: str | None = None,
     run_as_uid: int | None = None,
+    render: Callable[..., str] = render_proxy_config,
     **render_overrides: Any,
 ) -> Iterator[RunningNginx]:
     """The project's proxy config in front of `upstream` (host:port), keyed with `api_key`
-    (or with a ready-made auth include). Extra keyword arguments go to render_proxy_config."""
+    (or with a ready-made auth include). Extra keyword arguments go to `render`
+    (render_proxy_config; a test may pass another renderer with its parameters)."""
     if (api_key is None) == (auth_include_text is None):
         raise ValueError("give exactly one of api_key and auth_include_text")
     port = free_port()
@@ -187,7 +189,7 @@ def run_proxy(
             "error_log": str(prefix / "error.log"),
             **render_overrides,
         }
-        return render_proxy_config(**options)
+        return render(**options)
 
     with run_nginx(write_files, port, run_as_uid=run_as_uid) as running:
         yield running
