@@ -35,6 +35,7 @@ from pydantic_core import ErrorDetails
 from infra import config_checks, config_report, gcp_catalog, group_plan, serving
 from infra.config_checks import DEFAULT_BOOT_IMAGE, GATED_MODEL_PREFIXES, WORLD_OPEN
 from infra.config_report import PROJECT, SECRET_KEYS, Problem
+from infra.runpod import inputs
 
 __all__ = [
     "DEFAULT_BOOT_IMAGE",
@@ -221,62 +222,47 @@ _POD_IMAGE_EXAMPLE = f"ghcr.io/acme/llm-endpoint-vllm:v{serving.VLLM_VERSION}-pr
 class RunpodConfig(_Model):
     """`llm-endpoint:runpod`: RunPod GPU pods serving the same endpoint (infra/runpod_pods.py).
 
-    `image` is the pod image built from the pinned vLLM image by infra/runpod/image/Dockerfile
-    (RunPod's REST API v2 cannot replace an image's entrypoint, so the proxy must be in the
-    image). It may stay unset here; declaring pods without it fails with a message saying how
-    to build it. `volumeGb` > 0 adds a volume for the Hugging Face cache."""
+    Without `image`, pods run the stock pinned vLLM image (`serving.VLLM_IMAGE`) with the
+    project's entrypoint (infra/runpod/bootstrap.py). `image` names a custom image built from
+    infra/runpod/image (faster, hermetic boots; also for an API without `entrypoint`/`cmd`).
+    `volumeGb` > 0 adds a volume for the Hugging Face cache. The field types are the pod rules
+    the provider checks too (infra/runpod/inputs.py)."""
 
-    pod_count: int = Field(default=1, ge=1, le=16, examples=[1])
-    gpu_type_ids: list[str] = Field(
+    pod_count: inputs.PodCount = Field(default=1, examples=[1])
+    gpu_type_ids: inputs.GpuTypeIds = Field(
         default_factory=lambda: ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"],
         min_length=1,
         examples=[["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]],
     )
-    gpu_count: int = Field(default=1, ge=1, le=8, examples=[1])
-    data_center_ids: list[str] = Field(default_factory=list, examples=[["US-KS-2"]])
-    cloud: Literal["SECURE", "COMMUNITY"] = Field(default="SECURE", examples=["SECURE"])
-    container_disk_gb: int = Field(default=50, ge=10, le=2000, examples=[50])
-    volume_gb: int = Field(default=0, ge=0, le=4000, examples=[40])
-    ready_timeout_minutes: int = Field(default=20, ge=1, le=240, examples=[20])
-    image: str | None = Field(default=None, examples=[_POD_IMAGE_EXAMPLE])
-
-    @field_validator("gpu_type_ids", "data_center_ids")
-    @classmethod
-    def _distinct_ids(cls, v: list[str]) -> list[str]:
-        if any(not item.strip() for item in v) or len(set(v)) != len(v):
-            raise ValueError(
-                "list each id once, none empty, in order of preference (ids as RunPod spells "
-                "them, e.g. 'NVIDIA A100 80GB PCIe' or 'US-KS-2')"
-            )
-        return v
-
-    @field_validator("volume_gb")
-    @classmethod
-    def _volume_floor(cls, v: int) -> int:
-        if 0 < v < 10:
-            raise ValueError("RunPod volumes are at least 10 GB. Set 0 (no volume) or 10 or more")
-        return v
+    gpu_count: inputs.GpuCount = Field(default=1, examples=[1])
+    data_center_ids: inputs.DataCenterIds = Field(default_factory=list, examples=[["US-KS-2"]])
+    cloud: inputs.Cloud = Field(default="SECURE", examples=["SECURE"])
+    container_disk_gb: inputs.ContainerDiskGb = Field(default=50, examples=[50])
+    volume_gb: inputs.VolumeGb = Field(default=0, examples=[40])
+    ready_timeout_minutes: inputs.ReadyTimeoutMinutes = Field(default=20, examples=[20])
+    image: inputs.ImageRef | None = Field(default=None, examples=[_POD_IMAGE_EXAMPLE])
 
     @field_validator("image")
     @classmethod
-    def _pod_image(cls, v: str | None) -> str | None:
+    def _custom_image(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        repository, _, tag = v.rpartition(":")
-        if repository.rsplit("/", 1)[-1] == "" or "/" in tag:
-            raise ValueError("not an image reference like REGISTRY/llm-endpoint-vllm:TAG")
-        if repository == serving.VLLM_IMAGE_REPOSITORY:
+        if v.startswith(serving.VLLM_IMAGE_REPOSITORY + ":") or v.startswith(
+            serving.VLLM_IMAGE_REPOSITORY + "@"
+        ):
             raise ValueError(
-                f"the stock vLLM image has no proxy in front of vLLM. Build the pod image with "
-                f"`docker build -t REGISTRY/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1 "
-                "infra/runpod/image`, push it and set its name here"
+                "is the stock vLLM image, which the stack already uses (with its own "
+                "entrypoint) when runpod.image is unset. Remove the key: `pulumi config rm "
+                "--path llm-endpoint:runpod.image`"
             )
-        if f"v{serving.VLLM_VERSION}" not in tag:
+        tag = v.rpartition(":")[2] if "@" not in v else None
+        if tag is not None and f"v{serving.VLLM_VERSION}" not in tag:
             raise ValueError(
                 f"the tag must contain v{serving.VLLM_VERSION}, the vLLM version it was built "
                 "from (infra/serving.py), so a vLLM upgrade cannot silently keep an old image. "
-                "Rebuild it from infra/runpod/image/Dockerfile and tag it "
-                f"...:v{serving.VLLM_VERSION}-<n>"
+                "Rebuild it from infra/runpod/image (the `pod-image` workflow does, on a tag) and "
+                f"tag it ...:v{serving.VLLM_VERSION}-<n>, or remove runpod.image to use the "
+                "stock image"
             )
         return v
 
@@ -284,7 +270,11 @@ class RunpodConfig(_Model):
 class StackConfig(_Model):
     """Everything in the `llm-endpoint:` namespace."""
 
-    model: str = Field(default=serving.DEFAULT_MODEL, examples=[serving.DEFAULT_MODEL])
+    # Hugging Face ids are at most 96 characters; the names travel in every pod create body,
+    # which RunPod limits to 102,400 bytes (docs/facts/runpod.md ("Request size")).
+    model: str = Field(
+        default=serving.DEFAULT_MODEL, max_length=96, examples=[serving.DEFAULT_MODEL]
+    )
     served_model_name: str | None = Field(default=None, examples=["qwen-7b"])
     max_model_len: int = Field(default=8192, ge=256, le=1_048_576, examples=[8192])
     gpu_memory_utilization: float = Field(default=0.90, gt=0.1, le=0.98, examples=[0.9])

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from infra import gcp_catalog, group_plan, serving
 from infra.config_report import PROJECT, Problem
+from infra.runpod import inputs
 
 if TYPE_CHECKING:
     from infra.config import GcpConfig, StackConfig
@@ -204,41 +205,16 @@ def _boot_disk_holds_the_model(cfg: StackConfig) -> Iterator[Problem]:
         )
 
 
-@check("runpod.image")
-def _pod_image_set(cfg: StackConfig) -> Iterator[Problem]:
-    if cfg.runpod is not None and cfg.runpod.image is None:
-        yield Problem(
-            "runpod.image",
-            None,
-            "RunPod pods need the llm-endpoint pod image (the pinned vLLM image plus the "
-            "proxy; RunPod's API cannot replace the stock image's entrypoint). Build and push "
-            f"it: `docker build -t REGISTRY/llm-endpoint-vllm:v{serving.VLLM_VERSION}-proxy1 "
-            "infra/runpod/image && docker push ...`, then `pulumi config set --path "
-            f"{PROJECT}:runpod.image REGISTRY/...` (docs/runpod.md)",
-        )
-
-
 @check("runpod.containerDiskGb", "runpod.volumeGb", "model", "modelWeightsGb")
 def _pod_disks_hold_the_model(cfg: StackConfig) -> Iterator[Problem]:
     if (rp := cfg.runpod) is None or (weights := cfg.weights_gb) is None:
         return
-    need = serving.minimum_pod_container_disk_gb(weights, rp.volume_gb)
-    if rp.container_disk_gb < need:
-        yield Problem(
-            "runpod.containerDiskGb",
-            rp.container_disk_gb,
-            f"too small for {cfg.model} (~{weights:g} GB of weights"
-            f"{'' if rp.volume_gb else ', downloaded to the container disk'}). Set it to at "
-            f"least {need}, or add a volume for the model cache with runpod.volumeGb",
-        )
-    staged = serving.staged_download_gb(weights)
-    if rp.volume_gb and rp.volume_gb < staged:
-        yield Problem(
-            "runpod.volumeGb",
-            rp.volume_gb,
-            f"too small for {cfg.model}'s ~{weights:g} GB of weights. Set it to at "
-            f"least {staged}, or to 0 for no volume",
-        )
+    # The same rule as the provider's check (infra/runpod/inputs.py).
+    for which, why in inputs.disk_problems(rp.container_disk_gb, rp.volume_gb, weights):
+        if which == "disk":
+            yield Problem("runpod.containerDiskGb", rp.container_disk_gb, f"{cfg.model}: {why}")
+        else:
+            yield Problem("runpod.volumeGb", rp.volume_gb, f"{cfg.model}: {why}")
 
 
 # --- group mode (gcp.replicas >= 2, docs/scale-out.md) ----------------------------------------

@@ -59,12 +59,14 @@ class RunpodPod(dynamic.Resource, module="llm-endpoint", name="RunpodPod"):
 def pod_inputs(cfg: StackConfig, api_key: pulumi.Input[str], index: int) -> dict[str, Any]:
     """The provider inputs for pod `index`."""
     rp = cfg.runpod
-    # Validated by infra/config.py: pods are declared with an image and disks that fit.
-    assert rp is not None and rp.image is not None and cfg.weights_gb is not None
+    # Validated by infra/config.py: pods are declared with disks that fit.
+    assert rp is not None and cfg.weights_gb is not None
     spec = cfg.serving_for(rp.gpu_count)
     return {
         "name": pod_base_name(pulumi.get_stack(), index),
-        "image": rp.image,
+        # Unset: the stock pinned image, started with the project's entrypoint.
+        "image": rp.image or serving.VLLM_IMAGE,
+        "customImage": rp.image is not None,
         "vllmArgs": spec.vllm_args(),
         "minCudaVersion": serving.MIN_CUDA_VERSION,
         "gpuTypeIds": list(rp.gpu_type_ids),

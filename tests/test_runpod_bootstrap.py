@@ -79,9 +79,18 @@ def test_dockerfile_builds_on_the_pinned_vllm_image_with_the_stub_as_entrypoint(
     assert os.access(IMAGE_DIR / "entrypoint.sh", os.X_OK)
 
 
+def test_pod_image_workflow_builds_this_image_for_the_pinned_vllm():
+    text = (IMAGE_DIR.parents[2] / ".github/workflows/pod-image.yml").read_text()
+    assert "context: infra/runpod/image" in text
+    assert "build-args: VLLM_IMAGE=${{ steps.meta.outputs.vllm_image }}" in text
+    assert "from infra import serving; print(serving.VLLM_IMAGE)" in text
+    assert '- "pod-image-v*"' in text and "packages: write" in text
+
+
 def test_pod_env_holds_the_key_only_as_vllm_api_key():
     env = bootstrap.pod_env(ENDPOINT_KEY, None)
-    assert set(env) == {"LLM_ENDPOINT_BOOTSTRAP_B64", "LLM_ENDPOINT_PROXY_CONF_B64", "VLLM_API_KEY"}
+    own = {"LLM_ENDPOINT_BOOTSTRAP_B64", "LLM_ENDPOINT_PROXY_CONF_B64", "VLLM_API_KEY"}
+    assert set(env) == own | set(serving.vllm_container_env())
     assert env["VLLM_API_KEY"] == ENDPOINT_KEY
     assert ENDPOINT_KEY not in bootstrap.render_bootstrap()
     assert ENDPOINT_KEY not in bootstrap.pod_proxy_config()
@@ -98,7 +107,21 @@ class Pod:
     log: Path
 
 
-def start_pod(tmp_path: Path, *, key: str | None, vllm_args: list[str]) -> Pod:
+def container_argv(vllm_args: list[str], *, custom_image: bool) -> list[str]:
+    """What the container runtime runs: the custom image's ENTRYPOINT (the stub) with `args`,
+    or the stock image with the pod's `entrypoint` then `cmd` (exec form, joined as Docker
+    joins ENTRYPOINT and CMD)."""
+    command = bootstrap.launch_command(vllm_args, custom_image=custom_image)
+    if custom_image:
+        return [str(IMAGE_DIR / "entrypoint.sh"), *vllm_args]
+    entrypoint, cmd = command["entrypoint"], command["cmd"]
+    assert isinstance(entrypoint, list) and isinstance(cmd, list)
+    return [*entrypoint, *cmd]
+
+
+def start_pod(
+    tmp_path: Path, *, key: str | None, vllm_args: list[str], custom_image: bool = True
+) -> Pod:
     if NGINX is None:
         pytest.skip("nginx is not installed (CI installs nginx-light from Debian)")
     bin_dir = tmp_path / "bin"
@@ -129,7 +152,7 @@ def start_pod(tmp_path: Path, *, key: str | None, vllm_args: list[str]) -> Pod:
     log = tmp_path / "pod.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(IMAGE_DIR / "entrypoint.sh"), *vllm_args],
+            container_argv(vllm_args, custom_image=custom_image),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -165,9 +188,12 @@ def wait_serving(pod: Pod) -> None:
     pytest.fail("the pod's proxy never served /health:\n" + pod.log.read_text())
 
 
-def test_bootstrap_serves_only_health_and_keyed_v1_through_nginx(tmp_path: Path, pods):
+@pytest.mark.parametrize("custom_image", [False, True], ids=["stock-image", "custom-image"])
+def test_bootstrap_serves_only_health_and_keyed_v1_through_nginx(
+    tmp_path: Path, pods, custom_image: bool
+):
     args = SERVING.vllm_args(port=free_port())
-    pod = start_pod(tmp_path, key=ENDPOINT_KEY, vllm_args=args)
+    pod = start_pod(tmp_path, key=ENDPOINT_KEY, vllm_args=args, custom_image=custom_image)
     pods.append(pod)
     wait_serving(pod)
 

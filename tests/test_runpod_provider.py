@@ -7,7 +7,7 @@ no secret in captured logs or output.
 
 from __future__ import annotations
 
-import shlex
+import json
 from typing import Any
 
 import dill
@@ -15,7 +15,7 @@ import pytest
 import requests
 from pulumi.dynamic import DiffResult
 
-from infra.runpod import bootstrap, client, lifecycle
+from infra.runpod import bootstrap, client, placement, probes
 from infra.runpod.errors import (
     AuthError,
     DeleteError,
@@ -82,9 +82,17 @@ def test_create_waits_for_health_then_read_and_delete(provider, emulator, clock)
     assert clock.now() - 1_000_000.0 >= 120
 
     (body,) = posts(emulator)
-    assert body["image"] == IMAGE
-    assert shlex.split(body["args"]) == SERVING.vllm_args()
-    assert "--host" in body["args"] and "127.0.0.1" in body["args"]
+    # The stock image, started with the project's entrypoint stub and vLLM's arguments as cmd.
+    assert body["image"] == IMAGE == "vllm/vllm-openai:v0.33.0"
+    assert body["entrypoint"] == [
+        "/bin/sh",
+        "-c",
+        bootstrap.entrypoint_stub(),
+        "llm-endpoint-entrypoint",
+    ]
+    assert body["cmd"] == SERVING.vllm_args()
+    assert "args" not in body
+    assert "--host" in body["cmd"] and "127.0.0.1" in body["cmd"]
     assert body["ports"] == ["8000/http"]
     assert body["gpu"] == {"id": A100_PCIE, "count": 1, "minCudaVersion": "13.0"}
     assert body["cloud"] == "SECURE" and body["disk"] == 50
@@ -94,7 +102,7 @@ def test_create_waits_for_health_then_read_and_delete(provider, emulator, clock)
     assert body["env"]["LLM_ENDPOINT_BOOTSTRAP_B64"] == bootstrap.b64(bootstrap.render_bootstrap())
     assert body["env"]["LLM_ENDPOINT_PROXY_CONF_B64"] == bootstrap.b64(bootstrap.pod_proxy_config())
     # The key travels only as the two secret env values, never in args or the proxy config.
-    assert ENDPOINT_KEY not in body["args"]
+    assert ENDPOINT_KEY not in json.dumps([body["entrypoint"], body["cmd"]])
     assert ENDPOINT_KEY not in bootstrap.pod_proxy_config()
 
     read = provider.read(pod_id, outs)
@@ -176,7 +184,7 @@ def test_5xx_before_creating_backs_off_and_looks_up_by_name_between_the_posts(pr
     assert [m for _, m, _ in creates] == ["POST", "GET", "POST"]
     (first_post, _, _), (lookup, _, _), (second_post, _, _) = creates
     # The lookup waits for a pod still being made to be listed, and comes right before the POST.
-    assert lookup - first_post >= lifecycle.LOST_CREATE_BACKOFF_S
+    assert lookup - first_post >= placement.LOST_CREATE_BACKOFF_S
     assert second_post == lookup
     assert len(emulator.pods) == 1
     provider.delete(result.id, result.outs)
@@ -195,7 +203,7 @@ def test_several_pods_under_the_name_keep_one_and_delete_the_others(provider, em
     # The first pod is not listed yet at the first lookup, so the POST is repeated and makes
     # a second; the next lookup sees both.
     emulator.faults.create_5xx_after = 2
-    emulator.faults.list_lag_s = lifecycle.LOST_CREATE_BACKOFF_S * 1.5
+    emulator.faults.list_lag_s = placement.LOST_CREATE_BACKOFF_S * 1.5
     result = provider.create(checked(provider))
     assert len(posts(emulator)) == 2
     first, second = list(emulator.pods)
@@ -322,7 +330,7 @@ def test_pod_that_never_serves_health_is_deleted(provider, emulator):
     emulator.faults.never_healthy = True
     with pytest.raises(PodFailedError) as err:
         provider.create(checked(provider, readyTimeoutMinutes=5))
-    assert "/health answered 502" in str(err.value)
+    assert "GET /health -> 502" in str(err.value)
     assert emulator.live_pods() == []
 
 
@@ -522,7 +530,7 @@ def test_update_in_place_patches_and_waits_until_serving_again(provider, emulato
     created = provider.create(checked(provider))
     olds = {**created.outs, "__provider": "x"}
     new_image = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy2"
-    news = checked(provider, image=new_image, readyTimeoutMinutes=25)
+    news = checked(provider, image=new_image, customImage=True, readyTimeoutMinutes=25)
     before = clock.now()
 
     updated = provider.update(created.id, olds, news)
@@ -532,6 +540,8 @@ def test_update_in_place_patches_and_waits_until_serving_again(provider, emulato
     path, body = patches[0]
     assert path == f"/v2/pods/{created.id}"
     assert body["image"] == new_image
+    # Leaving the stock image: the replaced entrypoint is cleared, vLLM's arguments stay.
+    assert body["entrypoint"] == [] and body["cmd"] == SERVING.vllm_args()
     assert body["env"]["VLLM_API_KEY"] == ENDPOINT_KEY
     assert "disk" not in body
     assert updated.outs["image"] == new_image
@@ -571,7 +581,7 @@ def test_update_restarts_the_container_and_waits_for_the_new_one(provider, emula
     before = _started_at(emulator, created.id)
     assert _models_status(emulator, created.id, ENDPOINT_KEY) == 200
 
-    news = checked(provider, apiKey=NEW_KEY, image=NEW_IMAGE)
+    news = checked(provider, apiKey=NEW_KEY, image=NEW_IMAGE, customImage=True)
     updated = provider.update(created.id, {**created.outs, "__provider": "x"}, news)
 
     calls = _pod_calls(emulator, created.id)
@@ -590,7 +600,7 @@ def test_update_restarts_the_container_and_waits_for_the_new_one(provider, emula
 
 
 def test_started_at_comparison():
-    later = lifecycle._started_later
+    later = probes.started_later
     assert later("2026-06-01T12:02:00.000001Z", "2026-06-01T12:02:00Z")
     assert not later("2026-06-01T12:02:00Z", "2026-06-01T12:02:00Z")
     assert not later(None, "2026-06-01T12:02:00Z")  # not started (yet) is not a restart
@@ -602,7 +612,9 @@ def test_started_at_comparison():
 def test_update_of_an_exited_pod_starts_it(provider, emulator):
     created = provider.create(checked(provider))
     emulator.pods[created.id].exited = True  # stopped from the console
-    updated = provider.update(created.id, created.outs, checked(provider, image=NEW_IMAGE))
+    updated = provider.update(
+        created.id, created.outs, checked(provider, image=NEW_IMAGE, customImage=True)
+    )
     actions = [b for m, p, b in _pod_calls(emulator, created.id) if p == "/action"]
     assert actions == [{"action": "start"}]
     assert emulator.pods[created.id].container["image"] == NEW_IMAGE
@@ -616,7 +628,9 @@ def test_update_that_cannot_restart_fails_clearly_and_leaves_the_pod(
     created = provider.create(checked(provider))
     emulator.faults.action_409 = 10
     with pytest.raises(PodFailedError) as err:
-        provider.update(created.id, created.outs, checked(provider, image=NEW_IMAGE))
+        provider.update(
+            created.id, created.outs, checked(provider, image=NEW_IMAGE, customImage=True)
+        )
     message = str(err.value)
     assert "409" in message and "restart" in message
     assert "still exists" in message and "$1.64/h" in message
@@ -632,7 +646,7 @@ def test_update_is_not_ready_while_the_old_key_is_served(provider, emulator, clo
     with pytest.raises(PodFailedError) as err:
         provider.update(created.id, created.outs, news)
     message = str(err.value)
-    assert "/v1/models answered 401" in message
+    assert "GET /v1/models with the key -> 401" in message
     assert "not serving within 5 minutes" in message
     assert_no_secret(message)
     provider.delete(created.id, created.outs)

@@ -23,7 +23,7 @@ from tests.support.pulumi_harness import (
     stack_test,
     value,
 )
-from tests.support.runpod_testing import IMAGE, RUNPOD_KEY
+from tests.support.runpod_testing import CUSTOM_IMAGE, IMAGE, RUNPOD_KEY
 
 POD_TYPE = "pulumi-python:dynamic/llm-endpoint:RunpodPod"
 COMPONENT_TYPE = "llm-endpoint:runpod:Pods"
@@ -54,7 +54,7 @@ async def test_shipped_runpod_stack_declares_pods_with_the_shared_vllm_settings(
     _with_pod_outputs(monkeypatch)
     config, secret_keys = stack_config(
         "runpod",
-        overrides={"runpod": {"image": IMAGE, "podCount": 2}},
+        overrides={"runpod": {"podCount": 2}},
         secrets={"runpodApiKey": RUNPOD_KEY},
     )
     outputs, mocks = await run_program(config, secret_keys)
@@ -75,7 +75,8 @@ async def test_shipped_runpod_stack_declares_pods_with_the_shared_vllm_settings(
     for index, pod in enumerate(pods):
         inputs = pod.inputs
         assert inputs["name"] == f"llm-endpoint-runpod-{index}"
-        assert inputs["image"] == IMAGE
+        assert inputs["image"] == IMAGE  # runpod.image unset: the stock pinned image
+        assert inputs["customImage"] is False
         assert inputs["vllmArgs"] == expected_args
         assert inputs["minCudaVersion"] == MIN_CUDA_VERSION
         assert inputs["gpuTypeIds"] == ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]
@@ -105,21 +106,21 @@ async def test_shipped_runpod_stack_declares_pods_with_the_shared_vllm_settings(
 
 
 @stack_test(stack="runpod")
-async def test_runpod_stack_without_pod_image_says_how_to_build_it():
-    config, secret_keys = stack_config("runpod", secrets={"runpodApiKey": RUNPOD_KEY})
-    with pytest.raises(ConfigError) as err:
-        await run_program(config, secret_keys)
-    message = str(err.value)
-    assert "llm-endpoint:runpod.image = (not set)" in message
-    assert "docker build" in message and "infra/runpod/image" in message
-    assert RUNPOD_KEY not in message
+async def test_runpod_stack_with_a_custom_image_passes_it_on(monkeypatch):
+    _with_pod_outputs(monkeypatch)
+    config, secret_keys = stack_config(
+        "runpod",
+        overrides={"runpod": {"image": CUSTOM_IMAGE}},
+        secrets={"runpodApiKey": RUNPOD_KEY},
+    )
+    _, mocks = await run_program(config, secret_keys)
+    (pod,) = mocks.of_type(POD_TYPE)
+    assert pod.inputs["image"] == CUSTOM_IMAGE and pod.inputs["customImage"] is True
 
 
 @stack_test(stack="runpod")
 async def test_container_disk_too_small_for_the_model_is_a_config_error():
-    config, secret_keys = stack_config(
-        "runpod", overrides={"runpod": {"image": IMAGE, "containerDiskGb": 20}}
-    )
+    config, secret_keys = stack_config("runpod", overrides={"runpod": {"containerDiskGb": 20}})
     with pytest.raises(ConfigError) as err:
         await run_program(config, secret_keys)
     assert "llm-endpoint:runpod.containerDiskGb = 20" in str(err.value)
@@ -129,17 +130,21 @@ async def test_container_disk_too_small_for_the_model_is_a_config_error():
 def test_shipped_stack_file_holds_no_secret_and_no_image_placeholder():
     text = (ROOT / "Pulumi.runpod.yaml").read_text()
     assert "runpodApiKey:" not in text and "secure:" not in text
-    assert "pulumi config set --secret runpodApiKey" in text
+    assert "--secret runpodApiKey" in text and "pulumi up --stack runpod" in text
     assert pulumi_harness.PROJECT == "llm-endpoint"
 
 
 @pytest.mark.parametrize(
     ("runpod", "key", "fragment"),
     [
-        ({"image": "vllm/vllm-openai:v0.33.0"}, "runpod.image", "stock vLLM image"),
+        ({"image": "vllm/vllm-openai:v0.33.0"}, "runpod.image", "Remove the key"),
         ({"image": "ghcr.io/acme/llm-endpoint-vllm:v0.32.0-1"}, "runpod.image", "v0.33.0"),
-        ({"image": "ghcr.io/acme/llm-endpoint-vllm"}, "runpod.image", "not an image reference"),
-        ({"volumeGb": 5}, "runpod.volumeGb", "at least 10 GB"),
+        ({"image": "ghcr.io/acme/llm-endpoint-vllm"}, "runpod.image", "has no tag; pin"),
+        ({"image": "ghcr.io/acme/x:latest"}, "runpod.image", "`:latest` moves"),
+        ({"image": "ghcr.io/acme/x@sha512:" + "a" * 128}, "runpod.image", "not sha256"),
+        ({"image": "ghcr.io/acme/x@sha256:ABC"}, "runpod.image", "not sha256"),
+        ({"podCount": 17}, "runpod.podCount", "must be 1-16"),
+        ({"volumeGb": 5}, "runpod.volumeGb", "10-4000 GB"),
         ({"gpuTypeIds": ["A", "A"]}, "runpod.gpuTypeIds", "each id once"),
         ({"dataCenterIds": [""]}, "runpod.dataCenterIds", "none empty"),
         ({"cloud": "PUBLIC"}, "runpod.cloud", "SECURE"),
@@ -157,6 +162,9 @@ def test_runpod_config_errors_name_the_key_and_the_fix(runpod, key, fragment):
 def test_runpod_config_accepts_a_pod_image_built_for_this_vllm():
     from infra import config
 
-    cfg = config.parse({"runpod": {"image": IMAGE, "volumeGb": 40, "dataCenterIds": ["US-KS-2"]}})
-    assert cfg.runpod is not None and cfg.runpod.image == IMAGE
+    runpod = {"image": CUSTOM_IMAGE, "volumeGb": 40, "dataCenterIds": ["US-KS-2"]}
+    cfg = config.parse({"runpod": runpod})
+    assert cfg.runpod is not None and cfg.runpod.image == CUSTOM_IMAGE
+    digest = "ghcr.io/acme/llm-endpoint-vllm@sha256:" + "a" * 64
+    assert config.parse({"runpod": {"image": digest}}).runpod.image == digest  # type: ignore[union-attr]
     assert cfg.runpod.volume_gb == 40

@@ -1,13 +1,20 @@
 """How the allowlisting proxy gets into a RunPod pod.
 
-RunPod's REST API v2 create call (`POST /v2/pods`, FACTS.md (RunPod)) takes `image`, `args` (a
-string passed to the image's ENTRYPOINT) and `env`; it has no field to replace the entrypoint,
-and the vLLM image's entrypoint is `vllm serve` (FACTS.md (vLLM)). So pods run a thin image built
-from the pinned vLLM image (`infra/runpod/image/Dockerfile`: Ubuntu's nginx plus a fixed
-entrypoint stub). Everything that can change travels in the pod's environment:
+The stock vLLM image's entrypoint is `vllm serve` (docs/facts/vllm.md ("Image")), which would
+serve vLLM with no proxy in front. Two ways to run the project's entrypoint stub
+(`image/entrypoint.sh`) instead:
+
+- the stock pinned image, with the pod's `entrypoint` replaced by the stub (run by `sh -c`) and
+  `cmd` = vLLM's arguments (docs/facts/runpod.md ("entrypoint and cmd"), RunPod's newer API
+  documents). The bootstrap installs nginx from the image's own distribution;
+- a custom image (`image/Dockerfile`: nginx baked in, the stub as ENTRYPOINT), with vLLM's
+  arguments in `args`: faster and hermetic boots, and it works with an API that does not take
+  `entrypoint`/`cmd`.
+
+Everything that can change travels in the pod's environment:
 
 - `LLM_ENDPOINT_BOOTSTRAP_B64`: this module's bootstrap script (base64). The stub writes it to a
-  root-only file and runs it with the pod's `args` (vLLM's arguments from infra/serving.py).
+  root-only file and runs it with vLLM's arguments (from infra/serving.py).
 - `LLM_ENDPOINT_PROXY_CONF_B64`: `render_proxy_config(...)` from infra/proxy_config.py, the same
   nginx config as on the GCP VM (no secret in it).
 - `VLLM_API_KEY` (secret): vLLM reads it (FACTS.md (vLLM)), and the bootstrap turns it into the
@@ -22,11 +29,12 @@ vLLM on 127.0.0.1:8001 and nginx on 0.0.0.0:8000, and stops the pod if either ex
 from __future__ import annotations
 
 import base64
+import shlex
 from pathlib import Path
 
 import jinja2
 
-from infra import proxy_config
+from infra import proxy_config, serving
 from infra.serving import PUBLIC_PORT, VLLM_INTERNAL_PORT
 
 CONF_DIR = "/etc/llm-endpoint"
@@ -79,6 +87,24 @@ def pod_proxy_config(
     )
 
 
+STUB_NAME = "llm-endpoint-entrypoint"  # $0 of the stub when run by `sh -c`
+
+
+def entrypoint_stub() -> str:
+    """The stub's text without its comment lines (it travels in every create body)."""
+    lines = (IMAGE_DIR / "entrypoint.sh").read_text().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#")) + "\n"
+
+
+def launch_command(vllm_args: list[str], *, custom_image: bool) -> dict[str, object]:
+    """The create/PATCH fields that start the stub with vLLM's arguments: `args` for a custom
+    image (its ENTRYPOINT is the stub), else `entrypoint` + `cmd` in exec form, exactly as the
+    container runtime joins them (ENTRYPOINT then CMD)."""
+    if custom_image:
+        return {"args": shlex.join(vllm_args)}
+    return {"entrypoint": ["/bin/sh", "-c", entrypoint_stub(), STUB_NAME], "cmd": list(vllm_args)}
+
+
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -87,6 +113,7 @@ def pod_env(api_key: str, hf_token: str | None) -> dict[str, str]:
     """The pod's environment. Holds secrets: never log it; RunPod shows it to whoever holds the
     account's API key (GET /v2/pods returns `env`)."""
     env = {
+        **serving.vllm_container_env(),
         ENV_BOOTSTRAP: b64(render_bootstrap()),
         ENV_PROXY_CONF: b64(pod_proxy_config()),
         ENV_API_KEY: api_key,

@@ -1,10 +1,10 @@
 """A small client for RunPod's REST API v2: HTTP, auth, error parsing and retries, nothing else.
 
-The contract is RunPod's OpenAPI document (`/work/shared/reference/runpod-rest-v2-openapi.json`
-in this project's workspace): server `https://api.runpod.io`, paths under `/v2`. Pod lifecycle
-decisions (which candidate next, when a pod is ready) live in `lifecycle`, not here.
+The contract is RunPod's REST API v2 (docs/facts/runpod.md): server `https://api.runpod.io`,
+paths under `/v2`. Pod lifecycle decisions (which candidate next, when a pod is ready) live in
+`placement` and `lifecycle`, not here.
 
-Retries follow the API's documented reaction table (FACTS.md (RunPod)): 429 waits for
+Retries follow the API's documented reaction table (docs/facts/runpod.md ("Create")): 429 waits for
 `Retry-After` and is always safe to repeat (the request was not processed); 5xx and lost answers
 are repeated only for idempotent calls (GET, PATCH, DELETE). A POST that fails with 5xx or gets
 no answer is handed back to the caller, because the pod may have been created anyway.
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from infra.runpod.errors import ApiError, AuthError, MissingApiKeyError, TransportError
 
@@ -35,8 +36,11 @@ _DEFAULT_RETRY_AFTER_S = 5.0
 # stall a `pulumi up` (or a delete that is cleaning up a billing pod) for hours.
 MAX_RETRY_AFTER_S = 120.0
 _MAX_BACKOFF_S = 30.0
+# A request made with little time left still gets this long to answer (one last poll).
+_MIN_TIMEOUT_S = 1.0
 
 Sleep = Callable[[float], None]
+Now = Callable[[], float]
 Json = dict[str, Any]
 
 
@@ -79,6 +83,7 @@ class RunpodClient:
         *,
         base_url: str | None = None,
         sleep: Sleep = time.sleep,
+        now: Now = time.monotonic,
         timeout_s: float = 30.0,
         attempts: int = 5,
     ) -> None:
@@ -86,8 +91,10 @@ class RunpodClient:
             raise MissingApiKeyError()
         self.base_url = (base_url or api_base_url()).rstrip("/").removesuffix("/v2")
         self._sleep = sleep
+        self._now = now
         self._timeout_s = timeout_s
         self._attempts = attempts
+        self._deadline: float | None = None
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {api_key}"
         self._session.headers["User-Agent"] = "llm-endpoint (pulumi dynamic provider)"
@@ -103,6 +110,30 @@ class RunpodClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    @contextmanager
+    def deadline(self, at: float) -> Iterator[None]:
+        """Bound every call made inside by `at` (on the `now` clock): a retry or a Retry-After
+        wait that would end past it is not made (the error is raised instead), and a request's
+        timeout shrinks to the time left (at least _MIN_TIMEOUT_S, so the last poll is still
+        made). Without this, a stalled API holds one call for attempts x timeout plus
+        back-off (165 s with the defaults), none of it counted by the caller's deadline."""
+        outer = self._deadline
+        self._deadline = at if outer is None else min(outer, at)
+        try:
+            yield
+        finally:
+            self._deadline = outer
+
+    def _timeout(self) -> float:
+        if self._deadline is None:
+            return self._timeout_s
+        return max(_MIN_TIMEOUT_S, min(self._timeout_s, self._deadline - self._now()))
+
+    def _stop(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self._attempts:
+            return True
+        return self._deadline is not None and self._now() + state.upcoming_sleep > self._deadline
 
     # -- transport -------------------------------------------------------------------------
 
@@ -122,7 +153,7 @@ class RunpodClient:
                 self.base_url + path,
                 json=body,
                 params=params,
-                timeout=self._timeout_s,
+                timeout=self._timeout(),
             )
         except requests.RequestException as err:
             # The exception text can include the URL, never headers: safe to show.
@@ -165,7 +196,7 @@ class RunpodClient:
 
         retrying = Retrying(
             retry=retry_if_exception(retryable),
-            stop=stop_after_attempt(self._attempts),
+            stop=self._stop,
             wait=self._wait,
             sleep=self._sleep,
             reraise=True,
@@ -191,7 +222,7 @@ class RunpodClient:
         return [p for p in self.list_pods() if p.get("name") == name]
 
     def get_pod(self, pod_id: str) -> Json | None:
-        """The pod, or None if RunPod does not know it (FACTS.md (RunPod): GET 404)."""
+        """The pod, or None if RunPod does not know it (GET answers 404)."""
         try:
             pod: Json = self._request("GET", _pod_path(pod_id), idempotent=True).json()
         except ApiError as err:
@@ -245,6 +276,42 @@ class RunpodClient:
             raise
         return True
 
+    # -- account secrets (RunPod's newer API documents: docs/facts/runpod.md) ---------------
+
+    def find_secret(self, name: str) -> Json | None:
+        """The secret named `name` (metadata only: values are never returned), or None. The
+        `name` filter is case-insensitive, so the exact name is matched here."""
+        found = self._request(
+            "GET", "/v2/account/secrets", params={"name": name}, idempotent=True
+        ).json()["secrets"]
+        return next((s for s in found if s.get("name") == name), None)
+
+    def create_secret(self, name: str, value: str, description: str) -> Json:
+        """POST once (repeating only on 429): the caller looks the secret up by name after a
+        lost answer, as for pods."""
+        body = {"name": name, "value": value, "description": description}
+        secret: Json = self._request(
+            "POST", "/v2/account/secrets", body=body, ok=(200, 201), idempotent=False
+        ).json()
+        return secret
+
+    def update_secret(self, secret_id: str, value: str) -> Json:
+        """Rotate the value; pods see it when they next boot."""
+        secret: Json = self._request(
+            "PATCH", _secret_path(secret_id), body={"value": value}, idempotent=True
+        ).json()
+        return secret
+
+    def delete_secret(self, secret_id: str) -> bool:
+        """Delete the secret. False if it was already gone (404)."""
+        try:
+            self._request("DELETE", _secret_path(secret_id), ok=(200, 204), idempotent=True)
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     # -- catalog ---------------------------------------------------------------------------
 
     def gpu_types(self) -> list[Json]:
@@ -254,3 +321,7 @@ class RunpodClient:
 
 def _pod_path(pod_id: str) -> str:
     return "/v2/pods/" + quote(pod_id, safe="")
+
+
+def _secret_path(secret_id: str) -> str:
+    return "/v2/account/secrets/" + quote(secret_id, safe="")

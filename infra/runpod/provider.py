@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
-import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,19 +38,13 @@ from pulumi.dynamic import (
 )
 from pulumi.runtime import rpc
 
-from infra import serving
 from infra.runpod import bootstrap
+from infra.runpod.bodies import PodSpec
 from infra.runpod.client import API_KEY_ENV, RunpodClient
 from infra.runpod.errors import MissingApiKeyError, RunpodError, redact
-from infra.runpod.lifecycle import (
-    HealthCheck,
-    KeyCheck,
-    PodLifecycle,
-    PodSpec,
-    ReadyPod,
-    http_health,
-    http_models,
-)
+from infra.runpod.inputs import input_failures
+from infra.runpod.lifecycle import PodLifecycle, ReadyPod
+from infra.runpod.probes import HealthCheck, KeyCheck, http_health, http_models
 from infra.serving import PUBLIC_PORT
 
 PROVIDER_KEY = "__provider"
@@ -65,15 +57,20 @@ REPLACE_KEYS = ("name", "gpuCount", "cloud", "minCudaVersion", "volumeGb")
 # Changing these is a PATCH of the container followed by a restart action (the OpenAPI document
 # does not say a PATCH restarts it; `POST /v2/pods/{id}/action` restart does), on the same
 # machine, which keeps the GPU: a replacement would have to find capacity again.
-IN_PLACE_KEYS = ("image", "vllmArgs", "apiKey", "hfToken", "containerDiskGb", "bootstrapDigest")
+IN_PLACE_KEYS = (
+    "image",
+    "customImage",
+    "vllmArgs",
+    "apiKey",
+    "hfToken",
+    "containerDiskGb",
+    "bootstrapDigest",
+)
+CONTAINER_KEYS = frozenset(IN_PLACE_KEYS) - {"containerDiskGb"}
 # State only: no call to RunPod.
 STATE_ONLY_KEYS = ("readyTimeoutMinutes", "weightsGb", "gpuTypeIds", "dataCenterIds")
 INPUT_KEYS = (*REPLACE_KEYS, *IN_PLACE_KEYS, *STATE_ONLY_KEYS)
 _UNKNOWN = rpc.UNKNOWN  # what an unknown value looks like to a provider during preview
-_CUDA = re.compile(r"^\d+\.\d+$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,50}$")
-# A tag (after the last `/`, so a registry port is not mistaken for one) or a digest.
-_TAGGED = re.compile(r"^[^\s@]+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
 
 
 def _plain(value: Any) -> Any:
@@ -110,80 +107,9 @@ def bootstrap_digest() -> str:
 
 
 def validate(news: Mapping[str, Any]) -> list[CheckFailure]:
-    """One failure per bad field, each saying how to fix it. Unknown values (preview) pass."""
-    p = {k: v for k, v in _inputs(news).items() if v != _UNKNOWN}
-    failures: list[CheckFailure] = []
-
-    def bad(key: str, reason: str) -> None:
-        failures.append(CheckFailure(key, reason))
-
-    name = p.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        bad("name", "must be 1-51 lowercase letters, digits and hyphens (the pod name prefix)")
-    gpus = p.get("gpuTypeIds")
-    if not isinstance(gpus, list) or not gpus or not all(isinstance(g, str) and g for g in gpus):
-        bad("gpuTypeIds", "must list at least one RunPod GPU type id, e.g. 'NVIDIA A100 80GB PCIe'")
-    count = p.get("gpuCount")
-    if not isinstance(count, int | float) or int(count) != count or not 1 <= count <= 8:
-        bad("gpuCount", "must be a whole number from 1 to 8")
-    dcs = p.get("dataCenterIds", [])
-    if not isinstance(dcs, list) or not all(isinstance(d, str) and d for d in dcs):
-        bad("dataCenterIds", "must be a list of RunPod data center ids such as 'US-KS-2'")
-    if p.get("cloud") not in ("SECURE", "COMMUNITY"):
-        bad("cloud", "must be SECURE or COMMUNITY")
-    image = p.get("image")
-    last_part = image.rsplit("/", 1)[-1] if isinstance(image, str) else ""
-    if (
-        not isinstance(image, str)
-        or not _TAGGED.match(image)
-        or ("@" not in image and ":" not in last_part)
-        or image.endswith(":latest")
-    ):
-        bad(
-            "image",
-            "must name the pinned llm-endpoint pod image (infra/runpod/image) with a version "
-            "tag or digest, e.g. REGISTRY/llm-endpoint-vllm:v0.33.0-proxy1 (not :latest)",
-        )
-    args = p.get("vllmArgs")
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        bad("vllmArgs", "must be the list of vLLM arguments from infra/serving.py")
-    if not isinstance(p.get("minCudaVersion"), str) or not _CUDA.match(p["minCudaVersion"]):
-        bad("minCudaVersion", "must be major.minor, e.g. 13.0")
-    volume = p.get("volumeGb", 0)
-    if not isinstance(volume, int | float) or not (volume == 0 or 10 <= volume <= 4000):
-        bad("volumeGb", "must be 0 (no volume) or 10-4000 GB (RunPod's floor is 10 GB)")
-        volume = 0
-    weights = p.get("weightsGb")
-    disk = p.get("containerDiskGb")
-    if not isinstance(weights, int | float) or weights <= 0:
-        bad("weightsGb", "must be the model's weight size in GB (> 0)")
-    elif not isinstance(disk, int | float) or int(disk) != disk or disk < 1:
-        bad("containerDiskGb", "must be a whole number of GB")
-    else:
-        need = serving.minimum_pod_container_disk_gb(float(weights), int(volume))
-        if disk < need:
-            bad(
-                "containerDiskGb",
-                f"{disk:g} GB cannot hold the model's ~{weights:g} GB of weights plus "
-                f"{serving.POD_DISK_HEADROOM_GB} GB of headroom; set "
-                f"llm-endpoint:runpod.containerDiskGb to at least {need}, or add a volume "
-                "(runpod.volumeGb) for the model cache",
-            )
-        staged = serving.staged_download_gb(float(weights))
-        if volume and volume < staged:
-            bad(
-                "volumeGb",
-                f"{volume:g} GB cannot hold the model's ~{weights:g} GB of weights; set "
-                f"llm-endpoint:runpod.volumeGb to at least {staged}",
-            )
-    timeout = p.get("readyTimeoutMinutes")
-    if not isinstance(timeout, int | float) or not 1 <= timeout <= 240:
-        bad("readyTimeoutMinutes", "must be 1-240 minutes")
-    if "apiKey" in p and (not isinstance(p["apiKey"], str) or len(p["apiKey"]) < 32):
-        bad("apiKey", "must be the stack's API key (at least 32 characters)")
-    if "apiKey" not in news:
-        bad("apiKey", "is required: the endpoint must never serve without a key")
-    return failures
+    """One failure per bad field, each saying how to fix it (infra/runpod/inputs.py, the rules
+    the stack config uses too). Unknown values (preview) pass."""
+    return [CheckFailure(k, why) for k, why in input_failures(_inputs(news), _UNKNOWN)]
 
 
 class RunpodPodProvider(ResourceProvider):
@@ -275,8 +201,10 @@ class RunpodPodProvider(ResourceProvider):
         return PodSpec(
             name=pod_name,
             image=p["image"],
+            custom_image=bool(p.get("customImage")),
             args=list(p["vllmArgs"]),
             env=bootstrap.pod_env(p["apiKey"], p.get("hfToken") or None),
+            key=p["apiKey"],
             gpu_type_ids=list(p["gpuTypeIds"]),
             gpu_count=int(p["gpuCount"]),
             data_center_ids=list(p.get("dataCenterIds") or []),
@@ -332,11 +260,11 @@ class RunpodPodProvider(ResourceProvider):
         changed = {k for k in IN_PLACE_KEYS if old.get(k) != new.get(k)}
         pod_name = str(_plain(olds.get("podName")) or _plain(news["name"]))
         spec = self._spec(news, pod_name)
-        patch: dict[str, Any] = {}
-        if changed & {"image", "vllmArgs", "apiKey", "hfToken", "bootstrapDigest"}:
-            patch.update(image=spec.image, args=shlex.join(spec.args), env=dict(spec.env))
-        if "containerDiskGb" in changed:
-            patch["disk"] = spec.container_disk_gb
+        patch = spec.update_body(
+            was_custom_image=bool(old.get("customImage")),
+            container=bool(changed & CONTAINER_KEYS),
+            disk="containerDiskGb" in changed,
+        )
         with self._session(news) as lifecycle:
             if patch:
                 pod = lifecycle.update_in_place(id_, patch, spec)

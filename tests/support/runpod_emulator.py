@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,24 +39,33 @@ from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAP
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.support import runpod_newer
+
 SPEC_PATH = (
     Path(__file__).resolve().parents[2].parent / "shared/reference/runpod-rest-v2-openapi.json"
 )
 SPEC_SERVER = "https://api.runpod.io"
 _RUNPOD_HOST = "https://api.runpod.io/"
+# docs/facts/runpod.md ("Request size"): larger bodies get 413, before authentication.
+MAX_BODY_BYTES = 102_400
+SECRET_REF = re.compile(r"\{\{\s*RUNPOD_SECRET_([A-Za-z0-9_.\-/]+)\s*\}\}")
 
 _spec_lock = threading.Lock()
-_spec_cache: list[OpenAPI] = []
+_spec_cache: dict[bool, OpenAPI] = {}
 
 
-def openapi() -> OpenAPI:
-    """The RunPod OpenAPI document, parsed once per process (it is large)."""
+def openapi(*, newer: bool = True) -> OpenAPI:
+    """The RunPod contract, parsed once per process (it is large): the OpenAPI document with
+    what the newer documents add (tests/support/runpod_newer.py), or without (`newer=False`,
+    an older API that rejects `entrypoint`/`cmd` as unknown fields)."""
     with _spec_lock:
-        if not _spec_cache:
+        if newer not in _spec_cache:
             spec = json.loads(SPEC_PATH.read_text())
+            if newer:
+                spec = runpod_newer.apply(spec)
             config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
-            _spec_cache.append(OpenAPI.from_dict(spec, config=config))
-        return _spec_cache[0]
+            _spec_cache[newer] = OpenAPI.from_dict(spec, config=config)
+        return _spec_cache[newer]
 
 
 class FakeClock:
@@ -123,6 +134,11 @@ class Faults:
     create_bad_body_after: int = 0  # create the pod, then answer 201 with an unreadable body
     action_409: int = 0  # answer 409 to this many pod actions (as for an invalid status)
     restart_ignores_settings: bool = False  # a restart keeps the container's old settings
+    older_api: bool = False  # validate against the 2026-08 document: no entrypoint/cmd
+    # Every API request takes this long (fake time) and then answers 504, as if the client's
+    # timeout had fired: a stalled API.
+    stall_s: float = 0.0
+    always_429: bool = False  # every API request is rate-limited
 
 
 @dataclass
@@ -154,6 +170,9 @@ class EmulatedPod:
     # PATCHes at once, the container only on its next start/restart.
     container: dict[str, Any] = field(default_factory=dict)
     exited: bool = False  # stopped (the `stop` action); `start` boots it again
+    # The container could not start: a referenced account secret is missing (docs/facts:
+    # "Deleting a secret that a deployment references makes that deployment fail").
+    failed: bool = False
     deleted_at: float | None = None
     health_hits: int = 0
 
@@ -183,6 +202,10 @@ class RunpodEmulator:
         # (clock time, method, path) of every API request, for ordering and back-off checks.
         self.timeline: list[tuple[float, str, str]] = []
         self.violations: list[str] = []
+        # Pods started with the stock vLLM image but not the project's entrypoint: vLLM would
+        # listen on loopback with nothing in front, so RunPod's proxy would answer 502 forever.
+        self.unsafe_starts: list[str] = []
+        self.secrets: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
         self._spec = openapi()
         self._server = make_server(host, port, self._wsgi, threaded=True)
@@ -238,6 +261,8 @@ class RunpodEmulator:
             return None
         if pod.exited:
             return "EXITED"
+        if pod.failed:
+            return "ERROR"
         if f.stuck_provisioning:
             return "PROVISIONING"
         age = now - pod.started_at
@@ -254,6 +279,8 @@ class RunpodEmulator:
 
     def serving(self, pod: EmulatedPod) -> bool:
         if self.status_of(pod) != "RUNNING" or self.faults.never_healthy:
+            return False
+        if not self._starts_the_proxy(pod.container):
             return False
         if self.faults.runtime_null_s:
             return True
@@ -297,20 +324,53 @@ class RunpodEmulator:
             price_per_hour=round(price * count, 4),
             created_at=now,
             started_at=now,
-            container=json.loads(json.dumps(body)),
         )
+        self._boot(pod_id, self.pods[pod_id])
         return pod_id
+
+    def _boot(self, pod_id: str, pod: EmulatedPod) -> None:
+        """The container starts with the pod's settings; secret references in env are
+        replaced by the secrets' current values (docs/facts/runpod.md ("Account secrets"))."""
+        container = json.loads(json.dumps(pod.body))
+        env = container.get("env") or {}
+        missing: list[str] = []
+
+        def value_of(match: re.Match[str]) -> str:
+            found = self._secret_by_name(match.group(1))
+            if found is None:
+                missing.append(match.group(1))
+                return ""
+            return str(found["value"])
+
+        container["env"] = {k: SECRET_REF.sub(value_of, v) for k, v in env.items()}
+        pod.container, pod.failed = container, bool(missing)
+        if not self._starts_the_proxy(container):
+            self.unsafe_starts.append(pod_id)
+
+    @staticmethod
+    def _starts_the_proxy(container: dict[str, Any]) -> bool:
+        """A stock vLLM image runs `vllm serve` unless its entrypoint is replaced."""
+        image = str(container.get("image", ""))
+        return not image.startswith("vllm/vllm-openai") or bool(container.get("entrypoint"))
 
     def restart(self, pod: EmulatedPod) -> None:
         """The container starts again, now with the pod's current settings."""
+        pod_id = next(k for k, v in self.pods.items() if v is pod)
         if not self.faults.restart_ignores_settings:
-            pod.container = json.loads(json.dumps(pod.body))
+            self._boot(pod_id, pod)
         pod.started_at = self.clock.now()
         pod.exited = False
 
     def container_key(self, pod: EmulatedPod) -> str | None:
         key = (pod.container.get("env") or {}).get("VLLM_API_KEY")
         return key if isinstance(key, str) and key else None
+
+    def _secret_by_name(self, name: str) -> dict[str, Any] | None:
+        return next((s for s in self.secrets.values() if s["name"] == name), None)
+
+    def container_env(self, pod_id: str) -> dict[str, str]:
+        """The env the running container sees (secret values substituted)."""
+        return dict(self.pods[pod_id].container.get("env") or {})
 
     def _view(self, pod_id: str, pod: EmulatedPod) -> dict[str, Any] | None:
         status = self.status_of(pod)
@@ -329,7 +389,7 @@ class RunpodEmulator:
             "status": status,
             "actions": _ACTIONS.get(status, ["terminate"]),
             "image": b.get("image", ""),
-            "args": b.get("args", ""),
+            **_command_view(b),
             "disk": b.get("disk", 50),
             "mounts": mounts,
             "ports": ports,
@@ -375,6 +435,8 @@ class RunpodEmulator:
     ) -> Response:
         titles = {
             400: "Bad Request",
+            413: "Content Too Large",
+            504: "Gateway Timeout",
             409: "Conflict",
             401: "Unauthorized",
             402: "Payment Required",
@@ -410,14 +472,22 @@ class RunpodEmulator:
         return False
 
     def _api(self, request: Request) -> Response:
+        if len(request.get_data()) > MAX_BODY_BYTES:
+            return self._problem(413, f"request body larger than {MAX_BODY_BYTES} bytes")
         body = request.get_json(silent=True) if request.data else None
         with self._lock:
             self.requests.append((request.method, request.path, body))
             self.timeline.append((self.clock.now(), request.method, request.path))
+        if self.faults.stall_s:
+            self.clock.sleep(self.faults.stall_s)
+            return self._problem(504, "upstream timed out")
+        if self.faults.always_429:
+            return self._problem(429, "rate limited", Retry_After=str(self.faults.retry_after_s))
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._problem(401, "missing or invalid bearer token")
         oa_request = _RunpodRequest(request)
-        errors = [str(e) for e in self._spec.iter_request_errors(oa_request)]
+        spec = openapi(newer=False) if self.faults.older_api else self._spec
+        errors = [str(e) for e in spec.iter_request_errors(oa_request)]
         if errors:
             self.violations.append(f"request {request.method} {request.path}: {errors}")
             return self._problem(422, "Request validation failed.", errors)
@@ -465,6 +535,8 @@ class RunpodEmulator:
                 return self._pod_route(method, parts[2], body)
             if len(parts) == 4 and parts[:2] == ["v2", "pods"] and parts[3] == "action":
                 return self._action_route(parts[2], body)
+            if parts[:3] == ["v2", "account", "secrets"]:
+                return self._secrets_route(method, parts[3:], body, request.args.get("name"))
         return self._problem(404, "resource not found")
 
     def _gpu_view(self, o: GpuOffer) -> dict[str, Any]:
@@ -547,7 +619,15 @@ class RunpodEmulator:
             if pod is None or view is None:
                 return self._problem(404, "pod not found")
             # Settings only: the running container keeps its old image/env until restarted.
-            pod.body = {**pod.body, **body}
+            # `[]` clears entrypoint/cmd (the image's own then applies).
+            merged = {**pod.body, **body}
+            for cleared in ("entrypoint", "cmd"):
+                if merged.get(cleared) == []:
+                    merged.pop(cleared)
+            if "args" in body:
+                merged.pop("entrypoint", None)
+                merged.pop("cmd", None)
+            pod.body = merged
             return self._json(200, self._view(pod_id, pod))
         return self._problem(404, "resource not found")
 
@@ -570,6 +650,41 @@ class RunpodEmulator:
             return Response(status=204, headers={"RateLimit": '"minute";r=59;t=60'})
         return self._json(200, self._view(pod_id, pod))
 
+    def _secrets_route(self, method: str, rest: list[str], body: Any, name: str | None) -> Response:
+        """Account secrets (newer documents): values are write-only, never in an answer."""
+        now = _iso(self.clock.now())
+        if not rest and method == "GET":
+            found = [
+                s
+                for s in self.secrets.values()
+                if name is None or s["name"].lower() == name.lower()
+            ]
+            return self._json(200, {"secrets": [_secret_view(s) for s in found]})
+        if not rest and method == "POST":
+            if body["name"].upper().startswith("RUNPOD"):
+                return self._problem(400, "secret names must not start with RUNPOD")
+            if self._secret_by_name(body["name"]) is not None:
+                return self._problem(409, "a secret with this name exists")
+            secret_id = secrets.token_hex(6)
+            self.secrets[secret_id] = {
+                **body,
+                "id": secret_id,
+                "createdAt": now,
+                "valueLastUpdatedAt": now,
+            }
+            return self._json(201, _secret_view(self.secrets[secret_id]))
+        secret = self.secrets.get(rest[0]) if len(rest) == 1 else None
+        if secret is None:
+            return self._problem(404, "secret not found")
+        if method == "PATCH":
+            secret.update(body)
+            if "value" in body:
+                secret["valueLastUpdatedAt"] = now
+        elif method == "DELETE":
+            del self.secrets[rest[0]]
+            return Response(status=204, headers={"RateLimit": '"minute";r=59;t=60'})
+        return self._json(200, _secret_view(secret))
+
     def _proxy(self, request: Request) -> Response:
         """RunPod's HTTP proxy for one pod port: 502 until the container serves, like the real
         proxy (FACTS.md (RunPod): 'The proxy answers 502 until the container listens')."""
@@ -582,6 +697,7 @@ class RunpodEmulator:
                 return Response("no such pod", status=404)
             ok = self.serving(pod)
             key = self.container_key(pod)
+            served = _served_model(pod.container)
             if path == "health":
                 pod.health_hits += 1
         if not ok:
@@ -593,8 +709,9 @@ class RunpodEmulator:
             if key is None or request.headers.get("Authorization") != f"Bearer {key}":
                 return Response("unauthorized", status=401)
             if path == "v1/models":
+                listed = [{"id": served, "object": "model"}]
                 return Response(
-                    json.dumps({"object": "list", "data": [{"id": "served-model"}]}),
+                    json.dumps({"object": "list", "data": listed}),
                     status=200,
                     content_type="application/json",
                 )
@@ -608,6 +725,30 @@ _ACTIONS = {
     "PROVISIONING": ["stop", "terminate"],
     "STARTING": ["stop", "terminate"],
 }
+
+
+def _served_model(container: dict[str, Any]) -> str:
+    """What vLLM started with these settings would list: `--served-model-name`, else the
+    model (the first argument)."""
+    args = list(container.get("cmd") or shlex.split(str(container.get("args") or "")))
+    if "--served-model-name" in args:
+        return str(args[args.index("--served-model-name") + 1])
+    return str(args[0]) if args else "served-model"
+
+
+def _secret_view(secret: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "name", "createdAt", "description", "valueLastUpdatedAt")
+    return {k: secret.get(k) for k in keys}
+
+
+def _command_view(body: dict[str, Any]) -> dict[str, Any]:
+    """`args` as stored, plus `entrypoint`/`cmd` (newer documents: a JSON object string when
+    the command was given in exec form)."""
+    if "entrypoint" in body or "cmd" in body:
+        entrypoint, cmd = list(body.get("entrypoint", [])), list(body.get("cmd", []))
+        args = json.dumps({"entrypoint": entrypoint, "cmd": cmd})
+        return {"args": args, "entrypoint": entrypoint, "cmd": cmd}
+    return {"args": body.get("args", ""), "entrypoint": [], "cmd": []}
 
 
 def _iso(t: float) -> str:

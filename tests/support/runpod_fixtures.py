@@ -40,6 +40,7 @@ def emulator(
         live = set(emu.live_pods())
         assert live <= leaks.allowed, f"pods left running: {live - leaks.allowed}"
         assert emu.violations == [], emu.violations
+        assert emu.unsafe_starts == [], "a stock image started without the proxy"
     out = capsys.readouterr()
     for secret in SECRETS:
         assert secret not in caplog.text, "a secret reached the logs"

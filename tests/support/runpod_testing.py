@@ -10,12 +10,13 @@ from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 
 from infra.runpod.provider import RunpodPodProvider
-from infra.serving import MIN_CUDA_VERSION, ServingSpec
+from infra.serving import MIN_CUDA_VERSION, VLLM_IMAGE, ServingSpec
 
 ENDPOINT_KEY = "EndpointKey-0123456789abcdefghijklmnopqrstuvwxyz"
 HF_TOKEN = "hf_SecretTokenValue0123456789"
 RUNPOD_KEY = "rpa_RunpodKey0123456789ABCDEFGHIJKLMNOP"
-IMAGE = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy1"
+IMAGE = VLLM_IMAGE  # the stock image, started with the project's entrypoint
+CUSTOM_IMAGE = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy1"
 NEW_ENDPOINT_KEY = "AnotherEndpointKey-0123456789abcdefghijklmnop"  # a rotated key
 SECRETS = (ENDPOINT_KEY, HF_TOKEN, RUNPOD_KEY, NEW_ENDPOINT_KEY)
 
@@ -34,6 +35,7 @@ def pod_inputs(**overrides: Any) -> dict[str, Any]:
     props: dict[str, Any] = {
         "name": "llm-endpoint-test-0",
         "image": IMAGE,
+        "customImage": False,
         "vllmArgs": SERVING.vllm_args(),
         "minCudaVersion": MIN_CUDA_VERSION,
         "gpuTypeIds": ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"],
