@@ -16,7 +16,7 @@ import copy
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import pulumi
@@ -26,16 +26,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
-from infra import config_checks, config_report, gcp_catalog, group_plan, serving
+from infra import config_checks, config_report, gcp_catalog, group_plan, hub, model_checks, serving
 from infra.config_checks import DEFAULT_BOOT_IMAGE, GATED_MODEL_PREFIXES, WORLD_OPEN
 from infra.config_report import PROJECT, SECRET_KEYS, Problem
+from infra.model_facts import ModelFacts
 from infra.runpod import inputs
+
+# Registers the checks of the model against the machine with config_checks.
+_ = model_checks
+HubLookup = Callable[[str, str | None], hub.HubAnswer]
 
 __all__ = [
     "DEFAULT_BOOT_IMAGE",
@@ -287,6 +293,9 @@ class StackConfig(_Model):
         examples=[{"project": "my-project-123", "allowedSourceRanges": [_EXAMPLE_RANGE]}],
     )
     runpod: RunpodConfig | None = Field(default=None, examples=[{"image": _POD_IMAGE_EXAMPLE}])
+    # What the Hub said about the model at preview (None: not asked, or no answer).
+    _model_facts: ModelFacts | None = PrivateAttr(default=None)
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("model")
     @classmethod
@@ -320,7 +329,20 @@ class StackConfig(_Model):
         return v
 
     @property
+    def model_facts(self) -> ModelFacts | None:
+        return self._model_facts
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What could not be checked; `load` shows each as a `pulumi preview` warning."""
+        return self._warnings
+
+    @property
     def weights_gb(self) -> float | None:
+        """The size the Hub lists when it answered (what will be downloaded), else
+        modelWeightsGb, else the built-in table or the size in the model's name."""
+        if self._model_facts is not None and self._model_facts.weights_gb is not None:
+            return self._model_facts.weights_gb
         return self.model_weights_gb or serving.estimate_weights_gb(self.model)
 
     def serving_for(self, gpus: int) -> serving.ServingSpec:
@@ -405,24 +427,61 @@ def _foreign_key_problems(foreign_keys: Iterable[str]) -> list[Problem]:
     return problems
 
 
+# What the model checks cover, named in the warning when they could not run.
+_HUB_CHECKS = (
+    "that the repository has safetensors weights, whether it is gated, that the GPU count "
+    "divides its attention heads, that maxModelLen is within its limit, and that its weights "
+    "and the KV cache of maxModelLen fit in GPU memory"
+)
+
+
+def _consult_hub(cfg: StackConfig, lookup: HubLookup, failed: set[str]) -> list[Problem]:
+    """Ask the Hub about the model; the facts go onto cfg for the model checks."""
+    answer = lookup(cfg.model, cfg.hf_token)
+    if isinstance(answer, ModelFacts):
+        cfg._model_facts = answer
+        return []
+    if isinstance(answer, hub.Refusal):
+        failed.add(answer.key)  # one message about the key, not a second from the table's guess
+        value = cfg.model if answer.key == "model" else cfg.hf_token
+        return [Problem(answer.key, value, answer.message)]
+    sizes = "modelWeightsGb" if cfg.model_weights_gb else "the built-in table in infra/serving.py"
+    return [
+        Problem(
+            "model",
+            cfg.model,
+            f"the Hugging Face Hub could not be asked ({answer.reason}), so these were NOT "
+            f"checked: {_HUB_CHECKS}. Disks are sized from {sizes}",
+            warning=True,
+        )
+    ]
+
+
 def parse(
     raw: Mapping[str, Any],
     secret_keys: frozenset[str] | None = None,
     *,
     foreign_keys: Iterable[str] = (),
+    hub_lookup: HubLookup | None = None,
 ) -> StackConfig:
     """Validate the namespace's keys (already JSON-decoded) into a StackConfig, or raise one
     ConfigError listing every problem. `secret_keys` are the keys set with --secret (values
     never shown, even under a misspelt name); None when unknown (a plain dict, as in tests),
-    which skips the plain-text-secret check. `foreign_keys`: full keys in unknown namespaces."""
+    which skips the plain-text-secret check. `foreign_keys`: full keys in unknown namespaces.
+    `hub_lookup` (load passes infra/hub.lookup) adds the checks of the model's own files."""
     cfg, problems, failed = _validate_keys(raw)
     if secret_keys is not None:
         problems += _plaintext_secrets(raw, secret_keys)
     problems += _foreign_key_problems(foreign_keys)
+    if cfg is not None and hub_lookup is not None and not failed & {"model", "hfToken"}:
+        problems += _consult_hub(cfg, hub_lookup, failed)
     if cfg is not None:
         problems += config_checks.run_checks(cfg, frozenset(failed))
-    if problems or cfg is None:
+    errors = [p for p in problems if not p.warning]
+    if errors or cfg is None:
         raise ConfigError(config_report.format_problems(problems, secret_keys or frozenset()))
+    shown = secret_keys or frozenset()
+    cfg._warnings = tuple(config_report.format_warning(p, shown) for p in problems)
     return cfg
 
 
@@ -461,4 +520,7 @@ def load() -> StackConfig:
     """Read and validate this stack's config. Raises ConfigError with every problem at once."""
     merged = _engine_config()
     foreign = [k for k in merged if k.partition(":")[0] not in KNOWN_NAMESPACES]
-    return parse(_namespace(merged), _secret_keys(), foreign_keys=foreign)
+    cfg = parse(_namespace(merged), _secret_keys(), foreign_keys=foreign, hub_lookup=hub.lookup)
+    for warning in cfg.warnings:
+        pulumi.log.warn(warning)
+    return cfg

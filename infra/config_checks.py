@@ -170,7 +170,10 @@ def _driver_problems(g: GcpConfig) -> Iterator[Problem]:
 
 @check("model", "hfToken")
 def _gated_model_has_token(cfg: StackConfig) -> Iterator[Problem]:
-    if cfg.model.startswith(GATED_MODEL_PREFIXES) and cfg.hf_token is None:
+    """The Hub says whether the model is gated; without its answer, known gated families."""
+    facts = cfg.model_facts
+    gated = facts.gated if facts is not None else cfg.model.startswith(GATED_MODEL_PREFIXES)
+    if gated and cfg.hf_token is None:
         yield Problem(
             "hfToken",
             None,

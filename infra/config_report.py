@@ -32,6 +32,8 @@ class Problem:
     message: str
     # A key outside the namespace (a misspelt `llm-endpont:gcp`) is named in full, valueless.
     foreign: bool = False
+    # Not an error: something that could not be checked, shown by `pulumi preview` as a warning.
+    warning: bool = False
 
 
 def field_at(root: type[BaseModel], path: str) -> FieldInfo | None:
@@ -119,14 +121,24 @@ def display(key_path: str, value: Any, secret_keys: frozenset[str]) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _line(p: Problem, secret_keys: frozenset[str]) -> str:
+    if p.foreign:
+        return f"{p.key}: {p.message}"
+    return f"{PROJECT}:{p.key} = {display(p.key, p.value, secret_keys)}: {p.message}"
+
+
+def format_warning(p: Problem, secret_keys: frozenset[str]) -> str:
+    return "Not checked: " + _line(p, secret_keys)
+
+
 def format_problems(problems: Iterable[Problem], secret_keys: frozenset[str]) -> str:
-    lines = [
-        f"  - {p.key}: {p.message}"
-        if p.foreign
-        else f"  - {PROJECT}:{p.key} = {display(p.key, p.value, secret_keys)}: {p.message}"
-        for p in problems
-    ]
-    count = len(lines)
-    return f"Invalid stack configuration ({count} problem{'s' if count > 1 else ''}):\n" + (
-        "\n".join(lines)
-    )
+    """The errors, one per line; then what could not be checked, if anything."""
+    problems = list(problems)
+    errors = [f"  - {_line(p, secret_keys)}" for p in problems if not p.warning]
+    notes = [f"  - {_line(p, secret_keys)}" for p in problems if p.warning]
+    count = len(errors)
+    text = f"Invalid stack configuration ({count} problem{'s' if count > 1 else ''}):\n"
+    text += "\n".join(errors)
+    if notes:
+        text += "\nAlso not checked:\n" + "\n".join(notes)
+    return text

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 A100_40GB = "nvidia-tesla-a100"
 A100_80GB = "nvidia-a100-80gb"
+# Memory of one GPU, GiB (the 40GB card has 40960 MiB, the 80GB card 81920 MiB).
+GPU_MEMORY_GIB: dict[str, float] = {A100_40GB: 40.0, A100_80GB: 80.0}
 
 
 @dataclass(frozen=True)
