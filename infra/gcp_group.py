@@ -21,6 +21,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra import gcp_catalog, group_plan, group_runtime, names, serving
+from infra.balancer_wait import BalancerWait
 from infra.config import GcpConfig
 from infra.vm_runtime import VmRuntime, base_name, stack_labels
 
@@ -62,6 +63,7 @@ class Group:
     ip: pulumi.Output[str]
     group_name: pulumi.Output[str]
     plan: group_plan.GroupPlan
+    serving_replica: pulumi.Output[str]
 
 
 def declare_group(
@@ -102,7 +104,7 @@ def declare_group(
         connection_draining_timeout_sec=DRAINING_SECONDS,
         opts=opts,
     )
-    gcp.compute.ForwardingRule(
+    rule = gcp.compute.ForwardingRule(
         f"{name}-lb",
         name=names.slug(base_name(), "lb"),
         region=g.region,
@@ -114,7 +116,21 @@ def declare_group(
         labels=stack_labels(g),
         opts=opts,
     )
-    return Group(ip=address.address, group_name=manager.name, plan=plan)
+    # `pulumi up` waits for a replica of this template to serve through the balancer. A dynamic
+    # resource: no gcp provider, only the parent.
+    wait = BalancerWait(
+        f"{name}-serving",
+        project=g.project,
+        region=g.region,
+        group=manager.name,
+        backend=backend.name,
+        template=tmpl.self_link_unique,
+        deadline_s=plan.initial_delay_seconds,
+        opts=pulumi.ResourceOptions(parent=opts.parent, depends_on=[manager, backend, rule]),
+    )
+    return Group(
+        ip=address.address, group_name=manager.name, plan=plan, serving_replica=wait.replica
+    )
 
 
 def _template(

@@ -191,6 +191,7 @@ class GcpVllmVm(pulumi.ComponentResource):
         estimate = pricing.gcp_group_estimate(g.machine_type, g.shape.gpus, g.spot, g.replicas)
         self._set_endpoint(group.ip, g, estimate)
         self.instance_name = group.group_name
+        self.serving_replica = group.serving_replica
 
     def _set_endpoint(
         self, ip: pulumi.Output[str], g: GcpConfig, estimate: pricing.HourlyEstimate

@@ -34,6 +34,8 @@ def run() -> dict[str, Any]:
         }
         if cfg.gcp.group_mode:
             outputs["replicas"] = vm.replicas
+            # The replica that served first through the balancer, once `pulumi up` waited.
+            outputs["serving_replica"] = vm.serving_replica
 
     # RunPod pods (issue 5)
     if cfg.runpod is not None:

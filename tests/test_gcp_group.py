@@ -159,6 +159,16 @@ async def test_two_replicas_declare_template_group_checks_and_balancer() -> None
     assert "2 replicas" in await value(outputs["estimated_cost_per_hour"])
     assert "instance_name" not in outputs
 
+    # `pulumi up` waits for a replica of this template behind this balancer, within the
+    # group's deadline (the autohealing delay), after the group and the balancer exist.
+    [wait] = [r for r in mocks.resources if r.name == "gcp-serving"]
+    assert wait.typ.startswith("pulumi-python:dynamic")
+    assert wait.inputs["group"] == "llm-dev-group"
+    assert wait.inputs["backend"] == backend["name"]
+    assert wait.inputs["template"].endswith("?uniqueId=1")
+    assert wait.inputs["deadline_s"] == healing["initialDelaySec"]
+    assert "__provider" in wait.inputs
+
 
 @stack_test
 async def test_replica_may_leave_only_its_own_group() -> None:
