@@ -25,7 +25,8 @@ DEFAULT_BOOT_IMAGE = (
     "projects/ubuntu-os-accelerator-images/global/images/family/"
     "ubuntu-accelerator-2404-amd64-with-nvidia-580"
 )
-# docs/facts/vllm.md: meta-llama/* models are gated (need HF_TOKEN and an accepted licence).
+# docs/facts/huggingface.md ("Gated models"): meta-llama/* models are gated (they need HF_TOKEN
+# and an accepted licence).
 GATED_MODEL_PREFIXES = ("meta-llama/",)
 
 

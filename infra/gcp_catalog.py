@@ -1,4 +1,7 @@
-"""Google Cloud A100 machine shapes and the zones that offer them (FACTS.md, Google Cloud)."""
+"""Google Cloud A100 machine shapes and the zones that offer them.
+
+Facts: docs/facts/gcp.md ("A100 machine types", "Zones offering A100").
+"""
 
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ A100_MACHINE_TYPES: dict[str, MachineShape] = {
     "a2-ultragpu-8g": MachineShape(8, A100_80GB, 96, 1360),
 }
 
-# Zones seen offering each A100 type (FACTS.md: a third-party catalog built from the GCP API;
-# the official table is cloud.google.com/compute/docs/gpus/gpu-regions-zones).
+# Zones seen offering each A100 type (docs/facts/gcp.md, "Zones offering A100": a third-party
+# catalog built from the GCP API; the official table is
+# cloud.google.com/compute/docs/gpus/gpu-regions-zones).
 # fmt: off
 A100_ZONES: dict[str, frozenset[str]] = {
     A100_40GB: frozenset(

@@ -111,7 +111,8 @@ class GcpVllmVm(pulumi.ComponentResource):
             zone=g.zone,
             machine_type=g.machine_type,
             # No guest_accelerators: A2 machine types come with their A100s attached
-            # (docs/facts/gcp.md), and a second declaration could only contradict them.
+            # (docs/facts/gcp.md, "GPUs come with A2 shapes"), and a second declaration could only
+            # contradict them.
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
@@ -139,7 +140,8 @@ class GcpVllmVm(pulumi.ComponentResource):
             # script only at boot, so an in-place metadata update would leave the old model or
             # settings serving while `pulumi up` reports success. Replacing the VM guarantees the
             # running endpoint matches the stack, at the price of a fresh boot (the static IP,
-            # secrets and firewall stay). FACTS.md (Google Cloud) notes the difference.
+            # secrets and firewall stay). docs/facts/gcp.md ("Startup script changes in
+            # pulumi-gcp") notes the difference.
             metadata_startup_script=runtime.startup_script,
             metadata=runtime.metadata,
             allow_stopping_for_update=True,
@@ -220,8 +222,8 @@ def shielded(g: GcpConfig) -> dict[str, bool]:
 def scheduling(g: GcpConfig) -> dict[str, Any]:
     """Scheduling arguments, the same for the VM and the group's template."""
     if g.spot:
-        # FACTS.md (Google Cloud): SPOT needs preemptible=true and automaticRestart=false;
-        # an explicit instanceTerminationAction keeps state from flapping.
+        # docs/facts/gcp.md ("Spot VMs"): SPOT needs preemptible=true and
+        # automaticRestart=false; an explicit instanceTerminationAction keeps state from flapping.
         return {
             "provisioning_model": "SPOT",
             "preemptible": True,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRICE_SOURCE = "Google Cloud Billing catalog, us-central1, whole VM, as of 2025-03 (FACTS.md)"
+PRICE_SOURCE = (
+    "Google Cloud Billing catalog, us-central1, whole VM, as of 2025-03 "
+    '(docs/facts/gcp.md, "Prices")'
+)
 
 # (on demand, spot) USD per hour for the one-GPU shapes; larger shapes scale with GPU count.
 _PER_GPU_USD_HOUR: dict[str, tuple[float, float]] = {

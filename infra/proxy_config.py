@@ -2,9 +2,10 @@
 
 Why: vLLM's `--api-key` guards only paths starting with /v1, /v2, /inference and /cohere;
 /invocations (which runs inference), /metrics, /tokenize and others stay open whatever the key
-(FACTS.md, vLLM). So vLLM listens on loopback only and nginx, on the public port, forwards only
-`/health` and `/v1/*`, checks the bearer key on `/v1/*` itself (defence in depth: vLLM checks it
-again) and answers 403 `{"error":"Forbidden"}` to every other path.
+(docs/facts/vllm.md, "Routes open without the key"). So vLLM listens on loopback only and nginx, on
+the public port, forwards only `/health` and `/v1/*`, checks the bearer key on `/v1/*` itself
+(defence in depth: vLLM checks it again) and answers 403 `{"error":"Forbidden"}` to every other
+path.
 
 Contract (shared by the GCP VM, where nginx runs in the `nginx` container image below, and the
 RunPod pods, where Debian's nginx runs in the pod next to vLLM):
@@ -22,8 +23,8 @@ RunPod pods, where Debian's nginx runs in the pod next to vLLM):
    which writes the byte-identical file with mode 0600 without putting the key on any command
    line. Its format: one nginx `map` at `http` level that sets `$llm_endpoint_authorized` to
    "1" when the Authorization header is `Bearer <key>` (scheme matched case-insensitively, one
-   space, the key exactly, as vLLM does: FACTS.md, vLLM) and to "0" otherwise. nginx reads it
-   as root when it starts; if it is missing nginx refuses to start (fails closed).
+   space, the key exactly, as vLLM does: docs/facts/vllm.md, "The API key") and to "0" otherwise.
+   nginx reads it as root when it starts; if it is missing nginx refuses to start (fails closed).
 3. The key is 1+ characters of `A-Za-z0-9-._~+/=` (the RFC 6750 bearer-token alphabet; the
    stack's config and generated keys satisfy it). Anything else is refused, never escaped into
    something surprising.

@@ -10,13 +10,15 @@ import math
 import re
 from dataclasses import dataclass
 
-# FACTS.md (vLLM): latest release on PyPI as of 2026-11 is 0.33.0; images are tagged `v<version>`.
+# docs/facts/vllm.md ("Version and image"): latest release on PyPI as of 2026-11 is 0.33.0;
+# images are tagged `v<version>`.
 # Never `latest`: a moving tag makes two `pulumi up` runs deploy different software.
 VLLM_IMAGE_REPOSITORY = "vllm/vllm-openai"
 VLLM_VERSION = "0.33.0"
 VLLM_IMAGE = f"{VLLM_IMAGE_REPOSITORY}:v{VLLM_VERSION}"
 
-# FACTS.md (vLLM): images since v0.20.0 are built on CUDA 13.0, which needs host driver 580+.
+# docs/facts/vllm.md ("CUDA and driver"): images since v0.20.0 are built on CUDA 13.0, which needs
+# host driver 580+.
 MIN_CUDA_VERSION = "13.0"
 MIN_NVIDIA_DRIVER_MAJOR = 580
 
@@ -38,7 +40,8 @@ KNOWN_MODEL_WEIGHTS_GB: dict[str, float] = {
     "mistralai/Mistral-7B-Instruct-v0.3": 14.5,
 }
 
-# FACTS.md (vLLM): the vllm-openai image is about 12 GB compressed and about 29 GB unpacked.
+# docs/facts/vllm.md ("Sizes"): the vllm-openai image is about 12 GB compressed and about
+# 29 GB unpacked.
 # A pull needs both at once.
 VLLM_IMAGE_PULL_GB = 12 + 29
 # Ubuntu with the NVIDIA driver and Docker, plus room for logs and the proxy image.
@@ -132,7 +135,7 @@ VLLM_USER = "vllm"
 VLLM_HOME = "/var/lib/vllm"
 HF_CACHE_DIR = f"{VLLM_HOME}/.cache/huggingface"
 VLLM_CACHE_DIR = f"{VLLM_HOME}/.cache/vllm"
-# The names of the two secrets vLLM reads from its environment (docs/facts/vllm.md, "API key").
+# The names of the two secrets vLLM reads from its environment (docs/facts/vllm.md, "The API key").
 ENV_API_KEY = "VLLM_API_KEY"
 ENV_HF_TOKEN = "HF_TOKEN"  # noqa: S105 (a variable name, not a value)
 

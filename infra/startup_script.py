@@ -24,7 +24,7 @@ STARTUP_DIR = Path(__file__).resolve().parent.parent / "startup"
 # 803C 0EBF CD88"). The script refuses a downloaded key with another fingerprint.
 DOCKER_APT_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
 
-# GCE's limit for an inline startup-script value (FACTS.md, Google Cloud).
+# GCE's limit for an inline startup-script value (docs/facts/gcp.md, "Startup scripts").
 MAX_STARTUP_SCRIPT_BYTES = 256 * 1024
 
 VLLM_CONTAINER = "llm-vllm"

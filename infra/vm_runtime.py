@@ -18,8 +18,9 @@ from infra import group_runtime, names
 from infra.config import GcpConfig, StackConfig
 from infra.startup_script import StartupParams, render_startup_script
 
-# Secret Manager from the VM needs the cloud-platform scope; what the VM may actually do is
-# bounded by its service account's IAM roles, not by the scope.
+# Secret Manager from the VM needs the cloud-platform scope (docs/facts/gcp.md, "Secret Manager
+# from the VM"); what the VM may actually do is bounded by its service account's IAM roles, not
+# by the scope.
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 

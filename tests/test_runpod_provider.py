@@ -679,7 +679,7 @@ def test_provider_pickles_without_key_or_client(clock: FakeClock):
 
 
 def test_one_provider_instance_serves_four_threads_at_once(provider, emulator):
-    """FACTS.md (Pulumi): the host calls one provider instance from a pool of 4 threads."""
+    """docs/facts/pulumi.md ("Dynamic providers"): one provider instance, a pool of 4 threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     inputs = [checked(provider, name=f"llm-endpoint-test-{i}") for i in range(4)]

@@ -1,4 +1,4 @@
-"""The vLLM stand-in behaves as FACTS.md (vLLM) records, so tests built on it mean something."""
+"""The vLLM stand-in behaves as docs/facts/vllm.md records, so tests built on it mean something."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """How the allowlisting proxy gets into a RunPod pod.
 
-The stock vLLM image's entrypoint is `vllm serve` (docs/facts/vllm.md ("Image")), which would
-serve vLLM with no proxy in front. Two ways to run the project's entrypoint stub
+The stock vLLM image's entrypoint is `vllm serve` (docs/facts/vllm.md ("Version and image")), which
+would serve vLLM with no proxy in front. Two ways to run the project's entrypoint stub
 (`image/entrypoint.sh`) instead:
 
 - the stock pinned image, with the pod's `entrypoint` replaced by the stub (run by `sh -c`) and
@@ -17,9 +17,9 @@ Everything that can change travels in the pod's environment:
   root-only file and runs it with vLLM's arguments (from infra/serving.py).
 - `LLM_ENDPOINT_PROXY_CONF_B64`: `render_proxy_config(...)` from infra/proxy_config.py, the same
   nginx config as on the GCP VM (no secret in it).
-- `VLLM_API_KEY` (secret): vLLM reads it (FACTS.md (vLLM)), and the bootstrap turns it into the
-  proxy's root-only auth include with infra/proxy_config.py's `AUTH_INCLUDE_SH`, never putting
-  it on a command line.
+- `VLLM_API_KEY` (secret): vLLM reads it (docs/facts/vllm.md, "The API key"), and the bootstrap
+  turns it into the proxy's root-only auth include with infra/proxy_config.py's `AUTH_INCLUDE_SH`,
+  never putting it on a command line.
 - `HF_TOKEN` (secret, optional): for gated models.
 
 The bootstrap refuses to start without a key or proxy config, checks the nginx config, starts

@@ -32,8 +32,8 @@ class MissingApiKeyError(RunpodError):
 class ApiError(RunpodError):
     """An HTTP error answer from the API, parsed from its RFC 9457 problem body.
 
-    FACTS.md (RunPod): errors are `{title,status,detail,errors[]}`; capacity has no code, only a
-    `detail`.
+    docs/facts/runpod.md ("Create"): errors are `{title,status,detail,errors[]}`; capacity has no
+    code, only a `detail`.
     """
 
     def __init__(

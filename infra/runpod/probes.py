@@ -1,7 +1,7 @@
 """What the lifecycle asks a pod's service, as opposed to RunPod's API: the pod's public URL,
 `/health`, and `/v1/models` with the endpoint key.
 
-FACTS: a RUNNING pod is not yet serving (docs/facts/runpod.md ("Pod status")); readiness is the
+A RUNNING pod is not yet serving (docs/facts/runpod.md ("Pod status")); readiness is the
 service's own health check through RunPod's proxy, and only a container started with the
 stack's key answers `/v1/models` with it (its nginx answers 401 to any other key).
 """

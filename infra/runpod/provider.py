@@ -1,8 +1,8 @@
 """The Pulumi dynamic provider for one RunPod pod serving the vLLM endpoint.
 
-Constraints it is written for (FACTS.md (Pulumi)): the engine's host process (`python -m
-pulumi.dynamic`) unpickles this provider by reference (so this module imports without side
-effects) and calls it from 4 threads sharing one instance. So the instance holds no client,
+Constraints it is written for (docs/facts/pulumi.md, "Dynamic providers"): the engine's host process
+(`python -m pulumi.dynamic`) unpickles this provider by reference (so this module imports without
+side effects) and calls it from 4 threads sharing one instance. So the instance holds no client,
 session, lock or logger: every call builds its own `RunpodClient`. `configure(req)` receives the
 stack config with secrets unwrapped (pulumi >= 3.139); the RunPod API key is read there
 (`llm-endpoint:runpodApiKey`), else from RUNPOD_API_KEY. `custom_timeouts` is ignored by dynamic
@@ -242,7 +242,7 @@ class RunpodPodProvider(ResourceProvider):
             pod = lifecycle.read(id_)
         if pod is None:
             # Gone (e.g. terminated from the console): an empty id makes `pulumi refresh` drop
-            # it from the state instead of showing it forever (FACTS.md (Pulumi)).
+            # it from the state instead of showing it forever (docs/facts/pulumi.md).
             return ReadResult("", {})
         outs = {k: v for k, v in props.items() if k != PROVIDER_KEY}
         outs.update(

@@ -25,15 +25,16 @@ from scripts.smoke_test.transport import (
     split_lines,
 )
 
-# FACTS.md (vLLM): vLLM answers 401 `{"error":"Unauthorized"}` when the key is missing or
-# wrong, and the deployment's proxy (startup/nginx.conf.j2) answers the same on /v1/ before
-# vLLM sees the request. OpenAI-compatible clients read 401 as "bad key": check 3 wants it.
+# docs/facts/vllm.md ("The API key"): vLLM answers 401 `{"error":"Unauthorized"}` when the key is
+# missing or wrong, and the deployment's proxy (startup/nginx.conf.j2) answers the same on /v1/
+# before vLLM sees the request. OpenAI-compatible clients read 401 as "bad key": check 3 wants it.
 AUTH_REFUSED = 401
 # Check 5 only needs to know whether the real key was turned away; a 403 says that too.
 KEY_REFUSED = frozenset({401, 403})
 # For paths the proxy must block, not routing them at all (404) refuses too.
 REFUSED_PATH = frozenset({401, 403, 404})
-# FACTS.md (vLLM): open in vLLM whatever --api-key says. /invocations runs inference.
+# docs/facts/vllm.md ("Routes open without the key"): open in vLLM whatever --api-key says.
+# /invocations runs inference.
 MUST_BE_CLOSED: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
     ("POST", "/invocations", {"prompt": "ping", "max_tokens": 1}),
     ("GET", "/metrics", None),

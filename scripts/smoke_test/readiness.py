@@ -2,7 +2,8 @@
 
 With `--wait`, both are retried with backoff until the deadline, because a fresh VM first
 refuses connections (nothing listens yet), then answers 502/503 from the proxy while vLLM
-loads the model (FACTS.md (vLLM): cold start on a fresh A100 VM is estimated at 10-20 min).
+loads the model (docs/facts/vllm.md ("Sizes"): cold start on a fresh A100 VM is estimated at
+10-20 min).
 """
 
 from __future__ import annotations

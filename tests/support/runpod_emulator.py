@@ -119,8 +119,9 @@ class Faults:
     error_after_start: bool = False  # STARTING -> ERROR instead of RUNNING
     exit_after_start: bool = False  # STARTING -> EXITED
     never_healthy: bool = False  # RUNNING, but /health never answers 200
-    # RUNNING with `runtime` still null for this long (FACTS.md (RunPod): seen right after
-    # create), while the proxy already answers 200 (so only the runtime check holds it back).
+    # RUNNING with `runtime` still null for this long (docs/facts/runpod.md, "Pod status": seen
+    # right after create), while the proxy already answers 200 (so only the runtime check holds
+    # it back).
     runtime_null_s: float = 0.0
     vanish_after_s: float | None = None  # the pod disappears (console terminate, $0 balance)
     # After DELETE the pod keeps its status this long, then shows TERMINATED for 10 s, then 404.
@@ -687,7 +688,7 @@ class RunpodEmulator:
 
     def _proxy(self, request: Request) -> Response:
         """RunPod's HTTP proxy for one pod port: 502 until the container serves, like the real
-        proxy (FACTS.md (RunPod): 'The proxy answers 502 until the container listens')."""
+        proxy (docs/facts/runpod.md, "Proxy": 502 until the container listens)."""
         rest = request.path[len("/proxy/") :]
         target, _, path = rest.partition("/")
         pod_id, _, _port = target.rpartition("-")

@@ -1,16 +1,16 @@
 """A local stand-in for vLLM's OpenAI-compatible HTTP server, for tests on loopback.
 
-It reproduces the HTTP behaviour recorded in FACTS.md (vLLM), read from vLLM 0.33.0:
+It reproduces the HTTP behaviour recorded in docs/facts/vllm.md, read from vLLM 0.33.0:
 
-- FACTS.md (vLLM): the `--api-key` guard checks only paths starting with `/v1`, `/v2`,
+- "The API key": the `--api-key` guard checks only paths starting with `/v1`, `/v2`,
   `/inference` and `/cohere`; OPTIONS is never checked; a failure is HTTP 401 with body
   `{"error":"Unauthorized"}`; the Bearer scheme is matched case-insensitively.
-- FACTS.md (vLLM): `/health`, `/ping`, `/version`, `/metrics`, `/tokenize`, `/detokenize` and
-  `/invocations` (which runs inference) stay open whatever the key.
-- FACTS.md (vLLM): `/v1/models` answers
+- "Routes open without the key": `/health`, `/ping`, `/version`, `/metrics`, `/tokenize`,
+  `/detokenize` and `/invocations` (which runs inference) stay open whatever the key.
+- "Routes the project uses": `/v1/models` answers
   `{"object":"list","data":[{"id":...,"object":"model","owned_by":"vllm","max_model_len":...}]}`;
   `/v1/chat/completions` streams Server-Sent Events when `stream: true`, ending `data: [DONE]`.
-- FACTS.md (vLLM): Prometheus gauges `vllm:num_requests_running`, `vllm:num_requests_waiting`
+- "Metrics for idleness": Prometheus gauges `vllm:num_requests_running`, `vllm:num_requests_waiting`
   and counters `vllm:request_success_total`, `vllm:generation_tokens_total` on `/metrics`.
 
 API
@@ -120,10 +120,11 @@ DEFAULT_API_KEY = "standin-key-0123456789"
 DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 VLLM_VERSION = "0.33.0"
 
-# FACTS.md (vLLM): only these path prefixes are checked against --api-key.
+# docs/facts/vllm.md ("The API key"): only these path prefixes are checked against --api-key.
 GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
-# FACTS.md (vLLM): open whatever the key; a deployment's proxy must block every one that is not
-# harmless. `/health` stays reachable so people (and the smoke test) can see readiness.
+# docs/facts/vllm.md ("Routes open without the key"): open whatever the key; a deployment's proxy
+# must block every one that is not harmless. `/health` stays reachable so people (and the smoke
+# test) can see readiness.
 VLLM_OPEN_PATHS = frozenset(
     {
         "/health",
@@ -325,7 +326,8 @@ class _Handler(BaseHTTPRequestHandler):
             if path in cfg.refused_paths:
                 self._send_json(403, {"error": "Forbidden"})
                 return
-            # FACTS.md (vLLM): OPTIONS is never checked; only the guarded prefixes are.
+            # docs/facts/vllm.md ("The API key"): OPTIONS is never checked; only the guarded
+            # prefixes are.
             if (
                 cfg.api_key is not None
                 and self.command != "OPTIONS"
