@@ -32,11 +32,13 @@ RunPod pods, where Debian's nginx runs in the pod next to vLLM):
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
 import jinja2
 
+from infra import gcp_catalog
 from infra.serving import PUBLIC_PORT, VLLM_INTERNAL_PORT
 
 # The one place the proxy image is named. A pinned release, never a moving tag: nginx's 1.28
@@ -44,6 +46,14 @@ from infra.serving import PUBLIC_PORT, VLLM_INTERNAL_PORT
 PROXY_IMAGE = "nginx:1.28.0-alpine"
 
 AUTH_INCLUDE_PATH = "/etc/llm-endpoint/proxy-auth.conf"
+# Google's health-check ranges (infra/gcp_catalog.py). A group's firewall lets them reach the
+# proxy's port, and two of them are also where any customer's proxy load balancer (an internet
+# NEG can point at any address) connects from (docs/facts/gcp.md, "Health checks"): from there
+# only /health is answered, so the allowlist still decides who may use the key.
+HEALTH_ONLY_RANGES = gcp_catalog.HEALTH_CHECK_RANGES
+# Names the machine (its host name: a GCE VM's instance name) on every /v1/ answer, so that a
+# client of a group, and the smoke test, can tell which replica answered.
+REPLICA_HEADER = "X-LLM-Endpoint-Replica"
 DEFAULT_UPSTREAM = f"127.0.0.1:{VLLM_INTERNAL_PORT}"
 AUTHORIZED_VARIABLE = "$llm_endpoint_authorized"
 
@@ -75,8 +85,12 @@ def render_proxy_config(
     temp_dir: str = "/tmp",  # noqa: S108 (a private tmpfs in the container, /tmp in a pod)
     access_log: str = "/dev/stdout",
     error_log: str = "stderr",
+    health_only_ranges: tuple[str, ...] = HEALTH_ONLY_RANGES,
 ) -> str:
     """The proxy's `nginx.conf` (no secret in it). See the module docstring for the contract.
+
+    Clients in `health_only_ranges` (Google's health checkers, by default) get `/health` and
+    nothing else, even with the key; tests pass their own loopback address.
 
     `listen_address` None listens on every IPv4 address (the VM and pods: the firewall decides
     who reaches it); tests pass 127.0.0.1. `upstream` is vLLM's `host:port`. `access_log` and
@@ -100,8 +114,10 @@ def render_proxy_config(
             )
     if error_log == "off":
         raise ValueError("error_log cannot be off: give a path or stderr")
+    ranges = [str(ipaddress.ip_network(r, strict=True)) for r in health_only_ranges]
     listen = f"{listen_address}:{listen_port}" if listen_address else str(listen_port)
     return _env.get_template("nginx.conf.j2").render(
+        health_only_ranges=ranges,
         listen=listen,
         upstream=upstream,
         auth_include=auth_include,

@@ -13,7 +13,10 @@ from __future__ import annotations
 import socket
 
 import pytest
+import requests
 
+from infra import gcp_catalog
+from infra.proxy_config import HEALTH_ONLY_RANGES, REPLICA_HEADER, render_proxy_config
 from tests.support.nginx import run_proxy
 from tests.support.vllm_standin import StandinConfig, run_standin
 
@@ -74,3 +77,40 @@ def test_the_same_prober_gets_nothing_else(proxied, method: str, path: str) -> N
     status, _ = probe(proxy.port, method, path)
     assert status in (401, 403, 404, 405), (method, path, status)
     assert all(p == "/health" for p in vllm.paths()), vllm.paths()
+
+
+def test_from_googles_ranges_only_health_is_answered_even_with_the_key() -> None:
+    """Two of Google's health-check ranges are also where any customer's Google proxy load
+    balancer connects from, so a key used from there must not work: the allowlist decides who
+    may use the key. The test client (127.0.0.1) stands in for such an address."""
+    with (
+        run_standin(StandinConfig(api_key=KEY)) as vllm,
+        run_proxy(
+            upstream=f"127.0.0.1:{vllm.port}", api_key=KEY, health_only_ranges=("127.0.0.1/32",)
+        ) as proxy,
+    ):
+        assert probe(proxy.port, "GET", "/health")[0] == 200
+        keyed = {"Authorization": f"Bearer {KEY}"}
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
+            r = requests.request(method, f"{proxy.url}{path}", headers=keyed, json={}, timeout=5)
+            assert r.status_code == 403, (method, path)
+            assert r.json() == {"error": "Forbidden"}
+        assert set(vllm.paths()) == {"/health"}
+
+
+def test_key_holders_elsewhere_are_served_and_told_which_replica_answered(proxied) -> None:
+    _, proxy = proxied
+    r = requests.get(
+        f"{proxy.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5
+    )
+    assert r.status_code == 200
+    assert r.headers[REPLICA_HEADER] == socket.gethostname()
+    # /health, open to everyone the firewall lets in, does not name the machine.
+    assert REPLICA_HEADER.encode().lower() not in probe(proxy.port, "GET", "/health")[1].lower()
+
+
+def test_health_only_ranges_must_be_networks() -> None:
+    with pytest.raises(ValueError):
+        render_proxy_config(health_only_ranges=("35.191.0.0/16; allow all",))
+    assert "35.191.0.0/16 1;" in render_proxy_config()
+    assert set(HEALTH_ONLY_RANGES) == set(gcp_catalog.HEALTH_CHECK_RANGES)

@@ -61,3 +61,19 @@ def test_proxy_while_vllm_is_down_is_still_starting(smoke):
         run = smoke([proxy.url])
     assert run.code == 3
     assert "still starting: 502" in run.line(2)
+
+
+def test_smoke_test_names_the_replica_the_proxy_says_answered(smoke):
+    """Behind a group's balancer each answer may come from another replica; the proxy names
+    its machine (X-LLM-Endpoint-Replica, the host name) and the completion check reports it."""
+    import socket
+
+    with (
+        run_standin(StandinConfig(api_key=KEY)) as vllm,
+        run_proxy(upstream=f"127.0.0.1:{vllm.port}", api_key=KEY) as proxy,
+    ):
+        run = smoke([proxy.url, "--json"])
+    assert run.code == 0, run.out
+    completion = next(c for c in run.report()["checks"] if c["name"] == "completion")
+    assert completion["data"]["replica"] == socket.gethostname()
+    assert f"answered by replica {socket.gethostname()}" in completion["detail"]

@@ -45,10 +45,16 @@ COMPLETION_MAX_TOKENS = 16
 CHAT_MAX_TOKENS = 32
 
 
+# The proxy names the machine that answered a /v1/ request (infra/proxy_config.py): behind a
+# group's load balancer, which replica it was.
+REPLICA_HEADER = "X-LLM-Endpoint-Replica"
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
     body: bytes
+    replica: str | None = None
 
     def json(self) -> Any:
         try:
@@ -109,7 +115,7 @@ class Endpoint:
         deadline = self.deadline()
         with self.send(method, path, key=key, body=body) as response:
             data = b"".join(read_pieces(response, deadline, self.timeout))
-            return Answer(response.status_code, data)
+            return Answer(response.status_code, data, response.headers.get(REPLICA_HEADER))
 
 
 def _request_failed(
@@ -334,8 +340,15 @@ def check_completion(ep: Endpoint, model: str) -> CheckResult:
         )
     shown = text.strip().replace("\n", " ")
     shown = shown if len(shown) <= 50 else shown[:47] + "..."
+    by = f" (answered by replica {response.replica})" if response.replica else ""
     return CheckResult(
-        number, name, title, Status.PASS, t.elapsed, f"{shown!r}", data={"text": text}
+        number,
+        name,
+        title,
+        Status.PASS,
+        t.elapsed,
+        f"{shown!r}{by}",
+        data={"text": text, "replica": response.replica},
     )
 
 
