@@ -1,7 +1,7 @@
 """The RunPod pod provider's real code against the local RunPod emulator, one scenario per test.
 
 Every test ends with the emulator fixture's checks: no pod left running unless the test says so,
-no contract violation (requests and responses validated against RunPod's OpenAPI document), and
+no contract violation (requests and responses validated against the project's RunPod contract), and
 no secret in captured logs or output.
 """
 

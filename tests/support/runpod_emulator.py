@@ -1,14 +1,16 @@
 """A local emulator of the part of RunPod's REST API v2 this project uses.
 
 Serves `/v2/pods` (list, create), `/v2/pods/{id}` (get, patch, delete), `/v2/pods/{id}/action`
-(start, stop, restart, terminate) and `/v2/catalog/gpus`, plus each pod's HTTP proxy
-(`/proxy/{podId}-{port}/health` and `/v1/models`, answered as the pod's nginx would: `/v1/*`
-only with the key the running container was started with) so readiness is tested end to end.
-A PATCH changes the pod's settings only; the container runs them after its next start or
-restart (the OpenAPI document does not say a PATCH restarts it), and `startedAt` moves then.
-Every request and every response is validated against RunPod's OpenAPI document with
-openapi-core; an invalid request gets the API's 422 problem answer, and every mismatch is kept in
-`violations` for tests to assert on.
+(start, stop, restart, terminate), `/v2/catalog/gpus` and `/v2/account/secrets` (list, create, and
+by id: update, delete), plus each pod's HTTP proxy (`/proxy/{podId}-{port}/health` and `/v1/models`,
+answered as the pod's nginx would: `/v1/*` only with the key the running container was started with)
+so readiness is tested end to end. A PATCH changes the pod's settings only; the container runs them
+after its next start or restart (the OpenAPI document does not say a PATCH restarts it), and
+`startedAt` moves then. Every request and every response is validated with openapi-core against the
+project's own RunPod contract (`infra/runpod/api-contract.yaml`: the operations and fields the
+project uses, written from RunPod's OpenAPI document and its newer reference pages); a request
+outside it (an unknown field, a wrong type, an operation the contract does not list) gets the API's
+422 problem answer, and every mismatch is kept in `violations` for tests to assert on.
 
 Pod states change with an injectable clock (`FakeClock` in tests, shared with the provider), so
 tests move through PROVISIONING -> STARTING -> RUNNING in fake time. Faults are scripted per test
@@ -31,7 +33,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from openapi_core import Config, OpenAPI
@@ -39,12 +40,11 @@ from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAP
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from tests.support import runpod_newer
+from tests.support import runpod_contract
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[2].parent / "shared/reference/runpod-rest-v2-openapi.json"
-)
 SPEC_SERVER = "https://api.runpod.io"
+# The contract's sources newer than RunPod's OpenAPI document (the `older_api` fault drops them).
+NEWER_SOURCES = frozenset({"runpod-reference-pages-2026-11"})
 _RUNPOD_HOST = "https://api.runpod.io/"
 # docs/facts/runpod.md ("Request size"): larger bodies get 413, before authentication.
 MAX_BODY_BYTES = 102_400
@@ -55,14 +55,14 @@ _spec_cache: dict[bool, OpenAPI] = {}
 
 
 def openapi(*, newer: bool = True) -> OpenAPI:
-    """The RunPod contract, parsed once per process (it is large): the OpenAPI document with
-    what the newer documents add (tests/support/runpod_newer.py), or without (`newer=False`,
-    an older API that rejects `entrypoint`/`cmd` as unknown fields)."""
+    """The project's RunPod contract (infra/runpod/api-contract.yaml) as openapi-core's
+    validator, built once per process: all of it, or (`newer=False`) without what RunPod's
+    newer reference pages add, as an older API that refuses `entrypoint`/`cmd` as unknown
+    fields."""
     with _spec_lock:
         if newer not in _spec_cache:
-            spec = json.loads(SPEC_PATH.read_text())
-            if newer:
-                spec = runpod_newer.apply(spec)
+            without = frozenset() if newer else NEWER_SOURCES
+            spec = runpod_contract.openapi_document(without)
             config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
             _spec_cache[newer] = OpenAPI.from_dict(spec, config=config)
         return _spec_cache[newer]
@@ -302,11 +302,15 @@ class RunpodEmulator:
                 if self.status_of(pod) not in (None, "TERMINATED")
             ]
 
-    def add_pod(self, name: str, gpu_id: str = "NVIDIA A100 80GB PCIe") -> str:
-        """Create a pod directly (as if from the console), for leak tests."""
+    def add_pod(self, name: str, gpu_id: str = "NVIDIA A100 80GB PCIe", age_s: float = 0.0) -> str:
+        """Create a pod directly (as if from the console), for leak tests; `age_s` makes it
+        that much older (created and started that long ago)."""
         body = {"name": name, "image": "some/image:1", "gpu": {"id": gpu_id, "count": 1}}
         with self._lock:
-            return self._create(body, gpu_id, self._offer(gpu_id).data_centers[0])
+            pod_id = self._create(body, gpu_id, self._offer(gpu_id).data_centers[0])
+            self.pods[pod_id].created_at -= age_s
+            self.pods[pod_id].started_at -= age_s
+            return pod_id
 
     def _offer(self, gpu_id: str) -> GpuOffer:
         return next(o for o in self.catalog if o.id == gpu_id)
