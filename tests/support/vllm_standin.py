@@ -703,15 +703,16 @@ def run_standin(
     config: StandinConfig | None = None,
     host: str = "127.0.0.1",
     tls: tuple[str, str] | None = None,
+    port: int = 0,
 ) -> Iterator[VllmStandin]:
-    """Serve the stand-in on `host` (127.0.0.1 or ::1) at a free port until the block ends.
-    `tls=(certfile, keyfile)` serves HTTPS instead of HTTP."""
+    """Serve the stand-in on `host` (127.0.0.1 or ::1) at `port` (0: a free one) until the block
+    ends. `tls=(certfile, keyfile)` serves HTTPS instead of HTTP."""
     if host not in ("127.0.0.1", "::1"):
         raise ValueError("the stand-in listens on loopback only (127.0.0.1 or ::1)")
     state = _State(config=config or StandinConfig())
     handler = type("Handler", (_Handler,), {"state": state})
     server_class = _Server6 if ":" in host else _Server
-    server = server_class((host, 0), handler)
+    server = server_class((host, port), handler)
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
