@@ -247,6 +247,9 @@ class RunpodConfig(_Model):
     volume_gb: inputs.VolumeGb = Field(default=0, examples=[40])
     ready_timeout_minutes: inputs.ReadyTimeoutMinutes = Field(default=20, examples=[20])
     image: inputs.ImageRef | None = Field(default=None, examples=[_POD_IMAGE_EXAMPLE])
+    # The stack's account secrets are `<prefix>-api-key` and `<prefix>-hf-token`
+    # (infra/runpod/account_secrets.py); unset, the prefix comes from the stack's name.
+    secret_prefix: inputs.SecretName | None = Field(default=None, examples=["llm-endpoint-prod"])
 
     @field_validator("image")
     @classmethod

@@ -15,8 +15,10 @@ from pulumi import dynamic
 
 from infra import serving
 from infra.config import StackConfig
+from infra.runpod import account_secrets
 from infra.runpod.naming import pod_base_name
 from infra.runpod.provider import SECRET_INPUTS, RunpodPodProvider
+from infra.runpod.secret_provider import RunpodSecretProvider
 
 _OUTPUT_KEYS = (
     "podId",
@@ -56,7 +58,38 @@ class RunpodPod(dynamic.Resource, module="llm-endpoint", name="RunpodPod"):
         )
 
 
-def pod_inputs(cfg: StackConfig, api_key: pulumi.Input[str], index: int) -> dict[str, Any]:
+class RunpodSecret(dynamic.Resource, module="llm-endpoint", name="RunpodSecret"):
+    """One RunPod account secret of the stack (infra/runpod/secret_provider.py)."""
+
+    secretId: pulumi.Output[str]
+    version: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        secret_name: str,
+        value: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "name": secret_name,
+            "value": pulumi.Output.secret(value),
+            "description": f"llm-endpoint stack {pulumi.get_stack()} (managed by Pulumi)",
+            "secretId": None,
+            "version": None,
+        }
+        secret_outputs = pulumi.ResourceOptions(additional_secret_outputs=["value"])
+        super().__init__(
+            RunpodSecretProvider(), name, props, pulumi.ResourceOptions.merge(opts, secret_outputs)
+        )
+
+
+def pod_inputs(
+    cfg: StackConfig,
+    api_key: pulumi.Input[str],
+    index: int,
+    secrets: dict[str, RunpodSecret] | None = None,
+) -> dict[str, Any]:
     """The provider inputs for pod `index`."""
     rp = cfg.runpod
     # Validated by infra/config.py: pods are declared with disks that fit.
@@ -78,7 +111,25 @@ def pod_inputs(cfg: StackConfig, api_key: pulumi.Input[str], index: int) -> dict
         "weightsGb": cfg.weights_gb,
         "readyTimeoutMinutes": rp.ready_timeout_minutes,
         "apiKey": pulumi.Output.secret(api_key),
-        "hfToken": pulumi.Output.secret(cfg.hf_token or ""),
+        **_secret_inputs(cfg, secrets or {}),
+    }
+
+
+def _secret_names(cfg: StackConfig) -> tuple[str, str]:
+    assert cfg.runpod is not None
+    prefix = cfg.runpod.secret_prefix or account_secrets.default_prefix(pulumi.get_stack())
+    return account_secrets.secret_names(prefix)
+
+
+def _secret_inputs(cfg: StackConfig, secrets: dict[str, RunpodSecret]) -> dict[str, Any]:
+    """Names of the stack's account secrets (the pod's env references them) and a version that
+    changes when a value is rotated (the pod then restarts and waits for the new key)."""
+    key_name, token_name = _secret_names(cfg)
+    versions = [s.version for s in secrets.values()]
+    return {
+        "apiKeySecret": key_name,
+        "hfTokenSecret": token_name if "hfToken" in secrets else "",
+        "secretsVersion": pulumi.Output.all(*versions).apply(lambda v: ".".join(map(str, v))),
     }
 
 
@@ -99,11 +150,18 @@ class RunpodPods(pulumi.ComponentResource):
         super().__init__("llm-endpoint:runpod:Pods", name, None, opts)
         if cfg.runpod is None:
             raise ValueError("RunpodPods needs an `llm-endpoint:runpod` config object")
+        key_name, token_name = _secret_names(cfg)
+        child = pulumi.ResourceOptions(parent=self)
+        self.secrets = {"apiKey": RunpodSecret(f"{name}-api-key", key_name, api_key, child)}
+        if cfg.hf_token:
+            self.secrets["hfToken"] = RunpodSecret(
+                f"{name}-hf-token", token_name, cfg.hf_token, child
+            )
         self.pods = [
             RunpodPod(
                 f"{name}-{i}",
-                pod_inputs(cfg, api_key, i),
-                pulumi.ResourceOptions(parent=self),
+                pod_inputs(cfg, api_key, i, self.secrets),
+                pulumi.ResourceOptions(parent=self, depends_on=list(self.secrets.values())),
             )
             for i in range(cfg.runpod.pod_count)
         ]

@@ -25,7 +25,15 @@ from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
 from infra.runpod.provider import RunpodPodProvider
 from tests.support.runpod_emulator import RealClock, RunpodEmulator
-from tests.support.runpod_testing import RUNPOD_KEY, SECRETS, pod_inputs
+from tests.support.runpod_testing import (
+    ENDPOINT_KEY,
+    HF_TOKEN,
+    KEY_SECRET,
+    RUNPOD_KEY,
+    SECRETS,
+    TOKEN_SECRET,
+    pod_inputs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 URN = "urn:pulumi:test::llm-endpoint::pulumi-python:dynamic/llm-endpoint:RunpodPod::runpod-0"
@@ -47,6 +55,8 @@ def emulator() -> Iterator[RunpodEmulator]:
     with RunpodEmulator(
         api_key=RUNPOD_KEY, clock=RealClock(), provision_s=0, start_s=0, serve_after_s=0
     ) as emu:
+        emu.put_secret(KEY_SECRET, ENDPOINT_KEY)
+        emu.put_secret(TOKEN_SECRET, HF_TOKEN)
         yield emu
         assert emu.violations == []
 

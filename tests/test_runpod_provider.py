@@ -97,8 +97,11 @@ def test_create_waits_for_health_then_read_and_delete(provider, emulator, clock)
     assert body["gpu"] == {"id": A100_PCIE, "count": 1, "minCudaVersion": "13.0"}
     assert body["cloud"] == "SECURE" and body["disk"] == 50
     assert "dataCenterIds" not in body
-    assert body["env"]["VLLM_API_KEY"] == ENDPOINT_KEY
-    assert body["env"]["HF_TOKEN"] == HF_TOKEN
+    # The key and the token are account-secret references, substituted by RunPod at boot.
+    assert body["env"]["VLLM_API_KEY"] == "{{ RUNPOD_SECRET_llm-endpoint-test-api-key }}"
+    assert body["env"]["HF_TOKEN"] == "{{ RUNPOD_SECRET_llm-endpoint-test-hf-token }}"
+    assert emulator.container_env(pod_id)["VLLM_API_KEY"] == ENDPOINT_KEY
+    assert emulator.container_env(pod_id)["HF_TOKEN"] == HF_TOKEN
     assert body["env"]["LLM_ENDPOINT_BOOTSTRAP_B64"] == bootstrap.b64(bootstrap.render_bootstrap())
     assert body["env"]["LLM_ENDPOINT_PROXY_CONF_B64"] == bootstrap.b64(bootstrap.pod_proxy_config())
     # The key travels only as the two secret env values, never in args or the proxy config.
@@ -542,7 +545,7 @@ def test_update_in_place_patches_and_waits_until_serving_again(provider, emulato
     assert body["image"] == new_image
     # Leaving the stock image: the replaced entrypoint is cleared, vLLM's arguments stay.
     assert body["entrypoint"] == [] and body["cmd"] == SERVING.vllm_args()
-    assert body["env"]["VLLM_API_KEY"] == ENDPOINT_KEY
+    assert body["env"]["VLLM_API_KEY"] == "{{ RUNPOD_SECRET_llm-endpoint-test-api-key }}"
     assert "disk" not in body
     assert updated.outs["image"] == new_image
     assert updated.outs["readyTimeoutMinutes"] == 25
@@ -581,7 +584,10 @@ def test_update_restarts_the_container_and_waits_for_the_new_one(provider, emula
     before = _started_at(emulator, created.id)
     assert _models_status(emulator, created.id, ENDPOINT_KEY) == 200
 
-    news = checked(provider, apiKey=NEW_KEY, image=NEW_IMAGE, customImage=True)
+    # A rotation: the stack's secret resource writes the new value first (its new version is
+    # the pod's secretsVersion); the pod restarts to read it.
+    emulator.put_secret("llm-endpoint-test-api-key", NEW_KEY)
+    news = checked(provider, apiKey=NEW_KEY, secretsVersion="v2", image=NEW_IMAGE, customImage=True)
     updated = provider.update(created.id, {**created.outs, "__provider": "x"}, news)
 
     calls = _pod_calls(emulator, created.id)
@@ -642,7 +648,8 @@ def test_update_that_cannot_restart_fails_clearly_and_leaves_the_pod(
 def test_update_is_not_ready_while_the_old_key_is_served(provider, emulator, clock):
     created = provider.create(checked(provider))
     emulator.faults.restart_ignores_settings = True  # restarts, but with the old settings
-    news = checked(provider, apiKey=NEW_KEY, readyTimeoutMinutes=5)
+    emulator.put_secret("llm-endpoint-test-api-key", NEW_KEY)
+    news = checked(provider, apiKey=NEW_KEY, secretsVersion="v2", readyTimeoutMinutes=5)
     with pytest.raises(PodFailedError) as err:
         provider.update(created.id, created.outs, news)
     message = str(err.value)

@@ -26,6 +26,7 @@ from tests.support.pulumi_harness import (
 from tests.support.runpod_testing import CUSTOM_IMAGE, IMAGE, RUNPOD_KEY
 
 POD_TYPE = "pulumi-python:dynamic/llm-endpoint:RunpodPod"
+SECRET_TYPE = "pulumi-python:dynamic/llm-endpoint:RunpodSecret"
 COMPONENT_TYPE = "llm-endpoint:runpod:Pods"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,12 @@ async def test_shipped_runpod_stack_declares_pods_with_the_shared_vllm_settings(
 
     pods = mocks.of_type(POD_TYPE)
     pods.sort(key=lambda p: p.name)  # registration order is not deterministic
+    secrets = mocks.of_type(SECRET_TYPE)
+    assert [(s.name, s.inputs["name"]) for s in secrets] == [
+        ("runpod-api-key", "llm-endpoint-runpod-api-key")
+    ]
+    assert rpc.is_rpc_secret(secrets[0].inputs["value"])
+    assert rpc.unwrap_rpc_secret(secrets[0].inputs["value"]) == MOCK_GENERATED_KEY
     assert [p.name for p in pods] == ["runpod-0", "runpod-1"]
     assert [c.name for c in mocks.of_type(COMPONENT_TYPE)] == ["runpod"]
     assert mocks.of_type("gcp:compute/instance:Instance") == []
@@ -86,10 +93,13 @@ async def test_shipped_runpod_stack_declares_pods_with_the_shared_vllm_settings(
         assert inputs["containerDiskGb"] == 50
         assert inputs["volumeGb"] == 0
         assert inputs["readyTimeoutMinutes"] == 20
-        # The stack's one key, and the HF token, reach the provider as secrets.
-        assert rpc.is_rpc_secret(inputs["apiKey"]) and rpc.is_rpc_secret(inputs["hfToken"])
+        # The stack's key reaches the pod provider as a secret (only to check the pod answers
+        # with it); the pod's env will reference the stack's account secret by name.
+        assert rpc.is_rpc_secret(inputs["apiKey"])
         assert rpc.unwrap_rpc_secret(inputs["apiKey"]) == MOCK_GENERATED_KEY
-        assert rpc.unwrap_rpc_secret(inputs["hfToken"]) == ""
+        assert inputs["apiKeySecret"] == "llm-endpoint-runpod-api-key"
+        assert inputs["hfTokenSecret"] == ""  # no hfToken set: no token secret
+        assert "hfToken" not in inputs
         # The provider travels pickled in the inputs, without any key in it.
         blob = base64.b64decode(rpc.unwrap_rpc_secret(inputs["__provider"]))
         assert RUNPOD_KEY.encode() not in blob and MOCK_GENERATED_KEY.encode() not in blob

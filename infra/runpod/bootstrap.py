@@ -109,15 +109,16 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def pod_env(api_key: str, hf_token: str | None) -> dict[str, str]:
-    """The pod's environment. Holds secrets: never log it; RunPod shows it to whoever holds the
-    account's API key (GET /v2/pods returns `env`)."""
+def pod_env(api_key_ref: str, hf_token_ref: str | None) -> dict[str, str]:
+    """The pod's environment. RunPod shows it to whoever holds the account's API key (GET
+    /v2/pods returns `env`), so the key and the token are references to account secrets
+    (infra/runpod/account_secrets.py), which RunPod replaces with the values at boot."""
     env = {
         **serving.vllm_container_env(),
         ENV_BOOTSTRAP: b64(render_bootstrap()),
         ENV_PROXY_CONF: b64(pod_proxy_config()),
-        ENV_API_KEY: api_key,
+        ENV_API_KEY: api_key_ref,
     }
-    if hf_token:
-        env[ENV_HF_TOKEN] = hf_token
+    if hf_token_ref:
+        env[ENV_HF_TOKEN] = hf_token_ref
     return env

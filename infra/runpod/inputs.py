@@ -181,9 +181,11 @@ class PodInputs(BaseModel):
     weights_gb: float | None = None
     ready_timeout_minutes: ReadyTimeoutMinutes | None = None
     api_key: Annotated[str, AfterValidator(_key)] | None = None
+    api_key_secret: SecretName | None = None
+    hf_token_secret: SecretName | Literal[""] | None = None
 
 
-REQUIRED_INPUTS = ("name", "image", "vllmArgs", "gpuTypeIds", "gpuCount", "apiKey")
+REQUIRED_INPUTS = ("name", "image", "vllmArgs", "gpuTypeIds", "gpuCount", "apiKey", "apiKeySecret")
 
 
 def input_failures(props: dict[str, Any], unknown: object) -> list[tuple[str, str]]:

@@ -1,25 +1,24 @@
 """The Pulumi dynamic provider for one RunPod pod serving the vLLM endpoint.
 
-Constraints it is written for (docs/facts/pulumi.md, "Dynamic providers"): the engine's host process
-(`python -m pulumi.dynamic`) unpickles this provider by reference (so this module imports without
-side effects) and calls it from 4 threads sharing one instance. So the instance holds no client,
-session, lock or logger: every call builds its own `RunpodClient`. `configure(req)` receives the
-stack config with secrets unwrapped (pulumi >= 3.139); the RunPod API key is read there
-(`llm-endpoint:runpodApiKey`), else from RUNPOD_API_KEY. `custom_timeouts` is ignored by dynamic
-providers, so every deadline here is the provider's own, measured with the injectable clock.
+Written for the engine's host process (docs/facts/pulumi.md, "Dynamic providers";
+infra/runpod/provider_base.py says how: no client, lock or key on the instance, the RunPod key
+from `configure`). `custom_timeouts` is ignored by dynamic providers, so every deadline here is
+the provider's own, measured with the injectable clock.
 
-Inputs (camelCase, as the component passes them): name, image, vllmArgs, minCudaVersion,
-gpuTypeIds, gpuCount, dataCenterIds, cloud, containerDiskGb, volumeGb, weightsGb,
-readyTimeoutMinutes, apiKey (secret), hfToken (secret). `check` adds bootstrapDigest (a hash of
-the bootstrap script and proxy config this code would put in the pod) so that a change to them
-shows up as an in-place update. Outputs: the inputs plus podId, podName, endpoint, gpuTypeId,
-dataCenterId, costPerHour, status.
+Inputs (camelCase, as the component passes them): name, image, customImage, vllmArgs,
+minCudaVersion, gpuTypeIds, gpuCount, dataCenterIds, cloud, containerDiskGb, volumeGb,
+weightsGb, readyTimeoutMinutes, apiKey (secret: only to check that the pod answers with it; it
+is never sent to RunPod with the pod), apiKeySecret and hfTokenSecret (names of the stack's
+account secrets: the pod's env holds `{{ RUNPOD_SECRET_<name> }}` references), secretsVersion
+(changes when a secret's value is rotated, which restarts the pod). `check` adds
+bootstrapDigest (a hash of the bootstrap script and proxy config this code would put in the
+pod) so that a change to them shows up as an in-place update. Outputs: the inputs plus podId,
+podName, endpoint, gpuTypeId, dataCenterId, costPerHour, status.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,27 +28,28 @@ from typing import Any
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
-    ResourceProvider,
     UpdateResult,
 )
-from pulumi.runtime import rpc
 
 from infra.runpod import bootstrap
+from infra.runpod.account_secrets import reference
 from infra.runpod.bodies import PodSpec
-from infra.runpod.client import API_KEY_ENV, RunpodClient
-from infra.runpod.errors import MissingApiKeyError, RunpodError, redact
 from infra.runpod.inputs import input_failures
 from infra.runpod.lifecycle import PodLifecycle, ReadyPod
 from infra.runpod.probes import HealthCheck, KeyCheck, http_health, http_models
+from infra.runpod.provider_base import (
+    PROVIDER_KEY,
+    UNKNOWN,
+    RunpodProviderBase,
+    plain,
+    secret_values,
+)
 from infra.serving import PUBLIC_PORT
 
-PROVIDER_KEY = "__provider"
-CONFIG_API_KEY = "llm-endpoint:runpodApiKey"  # namespaced: the host may not know the project
-SECRET_INPUTS = ("apiKey", "hfToken")
+SECRET_INPUTS = ("apiKey",)
 # Changing these needs a different machine: the pod is replaced (a new one is created and made
 # ready first, then the old one is deleted). gpuTypeIds/dataCenterIds only when the placed pod no
 # longer fits the new list.
@@ -58,11 +58,13 @@ REPLACE_KEYS = ("name", "gpuCount", "cloud", "minCudaVersion", "volumeGb")
 # does not say a PATCH restarts it; `POST /v2/pods/{id}/action` restart does), on the same
 # machine, which keeps the GPU: a replacement would have to find capacity again.
 IN_PLACE_KEYS = (
+    "apiKeySecret",
+    "hfTokenSecret",
+    "secretsVersion",
     "image",
     "customImage",
     "vllmArgs",
     "apiKey",
-    "hfToken",
     "containerDiskGb",
     "bootstrapDigest",
 )
@@ -70,35 +72,10 @@ CONTAINER_KEYS = frozenset(IN_PLACE_KEYS) - {"containerDiskGb"}
 # State only: no call to RunPod.
 STATE_ONLY_KEYS = ("readyTimeoutMinutes", "weightsGb", "gpuTypeIds", "dataCenterIds")
 INPUT_KEYS = (*REPLACE_KEYS, *IN_PLACE_KEYS, *STATE_ONLY_KEYS)
-_UNKNOWN = rpc.UNKNOWN  # what an unknown value looks like to a provider during preview
-
-
-def _plain(value: Any) -> Any:
-    """The value of an RPC-wrapped secret (the host passes them wrapped in some paths)."""
-    return rpc.unwrap_rpc_secret(value)
 
 
 def _inputs(props: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _plain(props[k]) for k in INPUT_KEYS if k in props}
-
-
-def _secret_values(props: Mapping[str, Any], *extra: str | None) -> list[str]:
-    values = (*(_plain(props.get(k)) for k in SECRET_INPUTS), *extra)
-    return [v for v in values if isinstance(v, str) and v]
-
-
-@contextmanager
-def _redacted(values: list[str]) -> Iterator[None]:
-    """Defence in depth: should an API answer ever echo a secret into an error message, it is
-    blanked before the engine shows or logs the error (log lines are blanked by the lifecycle,
-    which gets the same values)."""
-    try:
-        yield
-    except RunpodError as err:
-        message = redact(str(err), values)
-        if message == str(err):
-            raise
-        raise RunpodError(message) from None
+    return {k: plain(props[k]) for k in INPUT_KEYS if k in props}
 
 
 def bootstrap_digest() -> str:
@@ -109,14 +86,11 @@ def bootstrap_digest() -> str:
 def validate(news: Mapping[str, Any]) -> list[CheckFailure]:
     """One failure per bad field, each saying how to fix it (infra/runpod/inputs.py, the rules
     the stack config uses too). Unknown values (preview) pass."""
-    return [CheckFailure(k, why) for k, why in input_failures(_inputs(news), _UNKNOWN)]
+    return [CheckFailure(k, why) for k, why in input_failures(_inputs(news), UNKNOWN)]
 
 
-class RunpodPodProvider(ResourceProvider):
-    """See the module docstring. `now`/`sleep`/`health` are injectable for tests; the defaults
-    are module-level functions, which pickle by reference."""
-
-    serialize_as_secret_always = True
+class RunpodPodProvider(RunpodProviderBase):
+    """See the module docstring. `now`/`sleep`/`health`/`models` are injectable for tests."""
 
     def __init__(
         self,
@@ -125,31 +99,15 @@ class RunpodPodProvider(ResourceProvider):
         health: HealthCheck = http_health,
         models: KeyCheck = http_models,
     ) -> None:
-        super().__init__()
-        self.now = now
-        self.sleep = sleep
+        super().__init__(now, sleep)
         self.health = health
         self.models = models
-        self._api_key: str | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Never pickle a key into the serialized provider (it is stored in the stack's state).
-        state = dict(self.__dict__)
-        state["_api_key"] = None
-        return state
-
-    def configure(self, req: ConfigureRequest) -> None:
-        value = _plain(req.config.get(CONFIG_API_KEY))
-        self._api_key = value if isinstance(value, str) and value else None
 
     @contextmanager
     def _session(self, props: Mapping[str, Any]) -> Iterator[PodLifecycle]:
         """A lifecycle on a client made for this one call (none is kept on the instance)."""
-        key = self._api_key or os.environ.get(API_KEY_ENV)
-        if not key:
-            raise MissingApiKeyError()
-        values = _secret_values(props, key)
-        with _redacted(values), RunpodClient(key, sleep=self.sleep) as client:
+        values = secret_values(props, SECRET_INPUTS, self.runpod_key())
+        with self.client(values) as client:
             yield PodLifecycle(
                 client,
                 now=self.now,
@@ -165,7 +123,7 @@ class RunpodPodProvider(ResourceProvider):
         inputs = dict(news)
         inputs.setdefault("dataCenterIds", [])
         inputs.setdefault("volumeGb", 0)
-        inputs.setdefault("hfToken", "")
+        inputs.setdefault("hfTokenSecret", "")
         inputs["bootstrapDigest"] = bootstrap_digest()
         return CheckResult(inputs, validate(inputs))
 
@@ -173,18 +131,18 @@ class RunpodPodProvider(ResourceProvider):
         old, new = _inputs(olds), _inputs(news)
         changed = [k for k in INPUT_KEYS if old.get(k) != new.get(k)]
         replaces = [k for k in REPLACE_KEYS if k in changed]
-        placed_gpu = _plain(olds.get("gpuTypeId"))
-        placed_dc = _plain(olds.get("dataCenterId"))
+        placed_gpu = plain(olds.get("gpuTypeId"))
+        placed_dc = plain(olds.get("dataCenterId"))
         new_gpus = new.get("gpuTypeIds")
         if "gpuTypeIds" in changed and (
-            new_gpus == _UNKNOWN or not isinstance(new_gpus, list) or placed_gpu not in new_gpus
+            new_gpus == UNKNOWN or not isinstance(new_gpus, list) or placed_gpu not in new_gpus
         ):
             replaces.append("gpuTypeIds")
         new_dcs = new.get("dataCenterIds") or []
         if (
             "dataCenterIds" in changed
             and new_dcs
-            and (new_dcs == _UNKNOWN or placed_dc not in new_dcs)
+            and (new_dcs == UNKNOWN or placed_dc not in new_dcs)
         ):
             replaces.append("dataCenterIds")
         return DiffResult(
@@ -203,7 +161,10 @@ class RunpodPodProvider(ResourceProvider):
             image=p["image"],
             custom_image=bool(p.get("customImage")),
             args=list(p["vllmArgs"]),
-            env=bootstrap.pod_env(p["apiKey"], p.get("hfToken") or None),
+            env=bootstrap.pod_env(
+                reference(p["apiKeySecret"]),
+                reference(p["hfTokenSecret"]) if p.get("hfTokenSecret") else None,
+            ),
             key=p["apiKey"],
             gpu_type_ids=list(p["gpuTypeIds"]),
             gpu_count=int(p["gpuCount"]),
@@ -232,7 +193,7 @@ class RunpodPodProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         # A fresh name per create: after a lost answer the pod is looked up by this name, and a
         # replacement (created before the old pod is deleted) must not find the old one.
-        pod_name = f"{_plain(props['name'])}-{secrets.token_hex(4)}"
+        pod_name = f"{plain(props['name'])}-{secrets.token_hex(4)}"
         with self._session(props) as lifecycle:
             pod = lifecycle.create(self._spec(props, pod_name))
         return CreateResult(pod.id, self._outs(props, pod))
@@ -258,7 +219,7 @@ class RunpodPodProvider(ResourceProvider):
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         old, new = _inputs(olds), _inputs(news)
         changed = {k for k in IN_PLACE_KEYS if old.get(k) != new.get(k)}
-        pod_name = str(_plain(olds.get("podName")) or _plain(news["name"]))
+        pod_name = str(plain(olds.get("podName")) or plain(news["name"]))
         spec = self._spec(news, pod_name)
         patch = spec.update_body(
             was_custom_image=bool(old.get("customImage")),

@@ -333,6 +333,16 @@ class RunpodEmulator:
         self._boot(pod_id, self.pods[pod_id])
         return pod_id
 
+    def _resolve(self, env: dict[str, str]) -> dict[str, str]:
+        """`env` with secret references replaced by the values (for the careless-API faults,
+        which quote what they should not)."""
+
+        def value_of(match: re.Match[str]) -> str:
+            found = self._secret_by_name(match.group(1))
+            return str(found["value"]) if found else ""
+
+        return {k: SECRET_REF.sub(value_of, v) for k, v in env.items()}
+
     def _boot(self, pod_id: str, pod: EmulatedPod) -> None:
         """The container starts with the pod's settings; secret references in env are
         replaced by the secrets' current values (docs/facts/runpod.md ("Account secrets"))."""
@@ -369,6 +379,25 @@ class RunpodEmulator:
     def container_key(self, pod: EmulatedPod) -> str | None:
         key = (pod.container.get("env") or {}).get("VLLM_API_KEY")
         return key if isinstance(key, str) and key else None
+
+    def put_secret(self, name: str, value: str) -> str:
+        """Create or rotate an account secret directly (as from the console)."""
+        with self._lock:
+            found = self._secret_by_name(name)
+            now = _iso(self.clock.now())
+            if found is not None:
+                found.update(value=value, valueLastUpdatedAt=now)
+                return str(found["id"])
+            secret_id = secrets.token_hex(6)
+            self.secrets[secret_id] = {
+                "id": secret_id,
+                "name": name,
+                "value": value,
+                "description": None,
+                "createdAt": now,
+                "valueLastUpdatedAt": now,
+            }
+            return secret_id
 
     def _secret_by_name(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.secrets.values() if s["name"] == name), None)
@@ -562,10 +591,16 @@ class RunpodEmulator:
         if f.invalid_422:
             errors = ["$.disk: must be >= 20 for this image"]
             if f.echo_secret_in_422:
-                errors.append(f"$.env.VLLM_API_KEY: {body['env'].get('VLLM_API_KEY')} is odd")
+                key = self._resolve(body["env"]).get("VLLM_API_KEY")
+                errors.append(f"$.env.VLLM_API_KEY: {key} is odd")
             return self._problem(422, "Request validation failed.", errors)
         env = body.get("env") or {}
-        secret_env = {k: v for k, v in env.items() if k in ("VLLM_API_KEY", "HF_TOKEN")}
+        # A careless API quoting the endpoint key's value (the provider knows that one and
+        # blanks it) and the HF token's reference (no value: the pod provider never has it).
+        secret_env = {
+            "VLLM_API_KEY": self._resolve(env).get("VLLM_API_KEY"),
+            "HF_TOKEN": env.get("HF_TOKEN"),
+        }
         echo = f" (env: {json.dumps(secret_env)})" if f.echo_env_in_errors else ""
         if self._consume("create_5xx_before"):
             return self._problem(503, "upstream unavailable" + echo)

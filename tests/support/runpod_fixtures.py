@@ -4,13 +4,24 @@ captured logs or output). Load with `pytest_plugins = ["tests.support.runpod_fix
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
 from infra.runpod.provider import RunpodPodProvider
 from tests.support.runpod_emulator import FakeClock, RunpodEmulator
-from tests.support.runpod_testing import RUNPOD_KEY, SECRETS, Leaks, configured
+from tests.support.runpod_testing import (
+    ENDPOINT_KEY,
+    HF_TOKEN,
+    KEY_SECRET,
+    NEW_ENDPOINT_KEY,
+    RUNPOD_KEY,
+    SECRETS,
+    TOKEN_SECRET,
+    Leaks,
+    configured,
+)
 
 
 @pytest.fixture
@@ -36,11 +47,20 @@ def emulator(
         for k, v in emu.env().items():
             monkeypatch.setenv(k, v)
         monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+        # What the stack's RunpodSecret resources would have made before the pods.
+        emu.put_secret(KEY_SECRET, ENDPOINT_KEY)
+        emu.put_secret(TOKEN_SECRET, HF_TOKEN)
         yield emu
         live = set(emu.live_pods())
         assert live <= leaks.allowed, f"pods left running: {live - leaks.allowed}"
         assert emu.violations == [], emu.violations
         assert emu.unsafe_starts == [], "a stock image started without the proxy"
+        # Keys out of the pods' readable config: no pod create or update carries a value.
+        for method, path, body in emu.requests:
+            if path.startswith("/v2/pods") and method in ("POST", "PATCH"):
+                text = json.dumps(body)
+                assert ENDPOINT_KEY not in text and HF_TOKEN not in text, (method, path)
+                assert NEW_ENDPOINT_KEY not in text, (method, path)
     out = capsys.readouterr()
     for secret in SECRETS:
         assert secret not in caplog.text, "a secret reached the logs"

@@ -4,12 +4,12 @@ The fixtures are in tests/support/runpod_fixtures.py (loaded with `pytest_plugin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 
-from infra.runpod.provider import RunpodPodProvider
+from infra.runpod.provider_base import RunpodProviderBase
 from infra.serving import MIN_CUDA_VERSION, VLLM_IMAGE, ServingSpec
 
 ENDPOINT_KEY = "EndpointKey-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -19,6 +19,9 @@ IMAGE = VLLM_IMAGE  # the stock image, started with the project's entrypoint
 CUSTOM_IMAGE = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy1"
 NEW_ENDPOINT_KEY = "AnotherEndpointKey-0123456789abcdefghijklmnop"  # a rotated key
 SECRETS = (ENDPOINT_KEY, HF_TOKEN, RUNPOD_KEY, NEW_ENDPOINT_KEY)
+# The stack's account secrets (infra/runpod/account_secrets.py) the pods' env references.
+KEY_SECRET = "llm-endpoint-test-api-key"
+TOKEN_SECRET = "llm-endpoint-test-hf-token"
 
 SERVING = ServingSpec(
     model="Qwen/Qwen2.5-7B-Instruct",
@@ -47,13 +50,18 @@ def pod_inputs(**overrides: Any) -> dict[str, Any]:
         "weightsGb": 15.3,
         "readyTimeoutMinutes": 20,
         "apiKey": ENDPOINT_KEY,
-        "hfToken": HF_TOKEN,
+        "apiKeySecret": KEY_SECRET,
+        "hfTokenSecret": TOKEN_SECRET,
+        "secretsVersion": "v1",
     }
     props.update(overrides)
     return props
 
 
-def configured(provider: RunpodPodProvider, key: str | None = RUNPOD_KEY) -> RunpodPodProvider:
+P = TypeVar("P", bound=RunpodProviderBase)
+
+
+def configured(provider: P, key: str | None = RUNPOD_KEY) -> P:
     raw = {"llm-endpoint:runpodApiKey": key} if key else {}
     provider.configure(ConfigureRequest(Config(raw, "llm-endpoint")))
     return provider
