@@ -255,7 +255,25 @@ def quota_warning(g: GcpConfig, plan: group_plan.GroupPlan) -> str | None:
     )
 
 
+def zone_warning(g: GcpConfig, plan: group_plan.GroupPlan) -> str | None:
+    """Shown at preview when every replica lands in one zone: the group still repairs and
+    brings spot VMs back, but a zone without capacity or an outage takes all of them."""
+    if len(plan.zones) > 1:
+        return None
+    more = len(g.region_zones) > 1
+    fix = (
+        "Set replicas: 3+ (zones = replicas - 1 without surge) or maxSurge: 2+ to spread them"
+        if more
+        else f"Only {plan.zones[0]} of {g.region} offers {g.shape.accelerator}: pick another "
+        "region to spread them"
+    )
+    return (
+        f"llm-endpoint:gcp.replicas = {g.replicas}: every replica runs in {plan.zones[0]}, so a "
+        f"zone without capacity or an outage takes them all. {fix} (docs/scale-out.md, 'Rolls')."
+    )
+
+
 def _warn_about_quota(g: GcpConfig, plan: group_plan.GroupPlan) -> None:
-    message = quota_warning(g, plan)
-    if message:
-        pulumi.log.warn(message)
+    for message in (quota_warning(g, plan), zone_warning(g, plan)):
+        if message:
+            pulumi.log.warn(message)

@@ -232,6 +232,21 @@ async def test_preview_warns_with_quota_names_unless_gpu_quota_is_given(
     assert [w for w in warnings if "gcp.replicas" in w] == []
 
 
+@stack_test
+async def test_preview_warns_when_every_replica_lands_in_one_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warnings.append(msg))
+    await run_program(*group_stack(replicas=2, gpuQuota=8))
+    [warning] = [w for w in warnings if "gcp.replicas" in w]
+    assert "every replica runs in us-central1-a" in warning
+    assert "replicas: 3+" in warning and "maxSurge: 2+" in warning
+    warnings.clear()
+    await run_program(*group_stack(replicas=2, gpuQuota=8, maxSurge=2))
+    assert [w for w in warnings if "gcp.replicas" in w] == []
+
+
 def _gcp(**keys: Any) -> GcpConfig:
     return GcpConfig.model_validate(
         {"project": "my-project-1", "allowedSourceRanges": ["203.0.113.0/24"], **keys}
