@@ -28,6 +28,8 @@ _OUTPUT_KEYS = (
     "dataCenterId",
     "costPerHour",
     "status",
+    "serving",
+    "notServingReason",
 )
 
 
@@ -41,6 +43,8 @@ class RunpodPod(dynamic.Resource, module="llm-endpoint", name="RunpodPod"):
     dataCenterId: pulumi.Output[str]
     costPerHour: pulumi.Output[float]
     status: pulumi.Output[str]
+    serving: pulumi.Output[bool]
+    notServingReason: pulumi.Output[str]
 
     def __init__(
         self,

@@ -14,6 +14,10 @@ judged; with only --known-ids, every pod of this project is. When a stack cannot
 nothing is judged or deleted. The RunPod key comes from RUNPOD_API_KEY, else from
 `pulumi config get runpodApiKey` of the first --stack.
 
+A pod whose create was cut short by a killed provider process (a journal entry whose process is
+gone, infra/runpod/journal.py; the journal is read from where `pulumi up` runs, the project
+root) is shown as INTERRUPTED CREATE and deleted with the unknown ones, whatever its age.
+
 A pod younger than --min-age-minutes (default 30) is shown as "NEW (too young to judge)" and
 never deleted: a `pulumi up` in progress has pods that no state or output records yet, for up to
 the stack's `runpod.readyTimeoutMinutes` (default 20). With a longer ready timeout, pass a
@@ -35,16 +39,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
+from infra.runpod import journal
 from infra.runpod.client import API_KEY_ENV, RunpodClient
 from infra.runpod.errors import KEY_HELP, RunpodError, redact
 from infra.runpod.lifecycle import PodLifecycle
-from infra.runpod.naming import is_project_pod, stack_pattern
+from infra.runpod.naming import PROJECT_PREFIX, is_project_pod, stack_pattern
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 # Longer than the default ready timeout (20 min) plus a margin: a pod of a `pulumi up` still
 # waiting for readiness is in no state or output yet.
 DEFAULT_MIN_AGE_MINUTES = 30.0
 TOO_YOUNG = "NEW (too young to judge)"
+# A pod whose create was cut short by a killed provider process (infra/runpod/journal.py): in
+# no state, whatever its age, and deleted like an unknown pod.
+INTERRUPTED = "INTERRUPTED CREATE"
+DELETABLE = ("UNKNOWN", INTERRUPTED)
 
 
 class UsageError(Exception):
@@ -126,8 +135,10 @@ def classify(
     *,
     now: float,
     min_age_s: float,
+    interrupted: frozenset[str] = frozenset(),
 ) -> list[PodRow]:
-    """`now` is wall-clock epoch seconds. A pod whose age is unknown counts as too young."""
+    """`now` is wall-clock epoch seconds. A pod whose age is unknown counts as too young.
+    `interrupted`: names of pods whose create was killed (the journal's orphans)."""
     patterns = [stack_pattern(s) for s in stacks]
     rows = []
     for pod in pods:
@@ -139,6 +150,8 @@ def classify(
             verdict = "known"
         elif patterns and not any(p.match(name) for p in patterns):
             verdict = "other stack"
+        elif name in interrupted:
+            verdict = INTERRUPTED
         elif (age := _age_s(pod, now)) is None or age < min_age_s:
             verdict = TOO_YOUNG
         else:
@@ -160,12 +173,18 @@ def render(rows: Sequence[PodRow], out: TextIO) -> None:
             f"{r.id:<16} {r.name:<40} {r.status:<13} {r.cost_per_hour:>7.2f}  {r.verdict}",
             file=out,
         )
-    unknown = [r for r in rows if r.verdict == "UNKNOWN"]
+    unknown = [r for r in rows if r.verdict in DELETABLE]
     if unknown:
         cost = sum(r.cost_per_hour for r in unknown)
         print(
             f"{len(unknown)} pod(s) no stack knows about, costing ${cost:.2f}/hour together. "
             "Delete them with --delete-unknown.",
+            file=out,
+        )
+    if any(r.verdict == INTERRUPTED for r in rows):
+        print(
+            f"{INTERRUPTED}: the provider process creating it was killed before the pod was "
+            "recorded in any state (infra/runpod/journal.py); it is deleted whatever its age.",
             file=out,
         )
     if young:
@@ -220,6 +239,7 @@ def main(
             # Judging pods without knowing what a stack holds could delete a serving pod.
             raise UsageError("cannot read the stacks' pods: " + "; ".join(unreadable))
         key = api_key(run, args.stack)
+        orphans = {e.name: e for e in journal.orphans(PROJECT_PREFIX)}
         with RunpodClient(key, sleep=sleep) as client:
             rows = classify(
                 client.list_pods(),
@@ -227,9 +247,10 @@ def main(
                 known,
                 now=wall(),
                 min_age_s=max(0.0, args.min_age_minutes) * 60,
+                interrupted=frozenset(orphans),
             )
             render(rows, out)
-            unknown = [r for r in rows if r.verdict == "UNKNOWN"]
+            unknown = [r for r in rows if r.verdict in DELETABLE]
             if not unknown or not args.delete_unknown:
                 return 1 if unknown else 0
             if not args.yes:
@@ -243,6 +264,8 @@ def main(
                 try:
                     lifecycle.delete(row.id)
                     print(f"deleted {row.id} ({row.name})", file=out)
+                    if row.name in orphans:
+                        journal.note_recovered(orphans[row.name], [row.id])
                 except RunpodError as e:
                     failed += 1
                     print(f"FAILED to delete {row.id}: {redact(str(e), [key])}", file=err)

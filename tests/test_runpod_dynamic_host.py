@@ -10,20 +10,16 @@ change state immediately here.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from google.protobuf import json_format, struct_pb2  # type: ignore[import-untyped]
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+from infra.runpod.journal import JOURNAL_DIR_ENV
 from infra.runpod.provider import RunpodPodProvider
+from tests.support.provider_host import as_dict, provider_host, struct
 from tests.support.runpod_emulator import RealClock, RunpodEmulator
 from tests.support.runpod_testing import (
     ENDPOINT_KEY,
@@ -37,17 +33,6 @@ from tests.support.runpod_testing import (
 
 ROOT = Path(__file__).resolve().parents[1]
 URN = "urn:pulumi:test::llm-endpoint::pulumi-python:dynamic/llm-endpoint:RunpodPod::runpod-0"
-
-
-def _struct(props: dict[str, Any]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(props)
-    return s
-
-
-def _dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    props: dict[str, Any] = json_format.MessageToDict(s)
-    return props
 
 
 @pytest.fixture
@@ -65,27 +50,10 @@ def emulator() -> Iterator[RunpodEmulator]:
 def host(
     emulator: RunpodEmulator, tmp_path: Path
 ) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "PULUMI_"))}
-    env |= emulator.env()
     stderr_path = tmp_path / "host.stderr"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pulumi.dynamic"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().decode().strip())
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=30)
-        yield provider_pb2_grpc.ResourceProviderStub(channel)
-        channel.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    env = {**emulator.env(), JOURNAL_DIR_ENV: str(tmp_path / "journal")}
+    with provider_host(env, stderr_path) as running:
+        yield running.stub
     logged = stderr_path.read_text(errors="replace")
     for secret in SECRETS:
         assert secret not in logged, "a secret reached the provider host's output"
@@ -97,19 +65,19 @@ def test_engine_lifecycle_through_the_dynamic_provider_host(host, emulator):
 
     host.Configure(
         provider_pb2.ConfigureRequest(
-            args=_struct({"llm-endpoint:runpodApiKey": RUNPOD_KEY}), acceptSecrets=False
+            args=struct({"llm-endpoint:runpodApiKey": RUNPOD_KEY}), acceptSecrets=False
         )
     )
 
     news = {**pod_inputs(), "__provider": serialized}
-    checked = host.Check(provider_pb2.CheckRequest(urn=URN, olds=_struct({}), news=_struct(news)))
+    checked = host.Check(provider_pb2.CheckRequest(urn=URN, olds=struct({}), news=struct(news)))
     assert list(checked.failures) == []
-    inputs = _dict(checked.inputs)
+    inputs = as_dict(checked.inputs)
     assert inputs["bootstrapDigest"]
 
     created = host.Create(provider_pb2.CreateRequest(urn=URN, properties=checked.inputs))
     pod_id = created.id
-    outs = _dict(created.properties)
+    outs = as_dict(created.properties)
     assert list(emulator.pods) == [pod_id]
     assert outs["podId"] == pod_id
     assert outs["endpoint"] == emulator.proxy_url_template.format(pod_id=pod_id, port=8000)
@@ -120,12 +88,12 @@ def test_engine_lifecycle_through_the_dynamic_provider_host(host, emulator):
 
     read = host.Read(provider_pb2.ReadRequest(id=pod_id, urn=URN, properties=created.properties))
     assert read.id == pod_id
-    assert _dict(read.properties)["costPerHour"] == pytest.approx(1.64)
+    assert as_dict(read.properties)["costPerHour"] == pytest.approx(1.64)
 
     new_image = "ghcr.io/example/llm-endpoint-vllm:v0.33.0-proxy2"
     rechecked = host.Check(
         provider_pb2.CheckRequest(
-            urn=URN, olds=checked.inputs, news=_struct({**news, "image": new_image})
+            urn=URN, olds=checked.inputs, news=struct({**news, "image": new_image})
         )
     )
     diff = host.Diff(
@@ -135,7 +103,7 @@ def test_engine_lifecycle_through_the_dynamic_provider_host(host, emulator):
     assert list(diff.replaces) == []
     bigger = host.Check(
         provider_pb2.CheckRequest(
-            urn=URN, olds=checked.inputs, news=_struct({**news, "gpuCount": 2})
+            urn=URN, olds=checked.inputs, news=struct({**news, "gpuCount": 2})
         )
     )
     replace = host.Diff(
@@ -148,7 +116,7 @@ def test_engine_lifecycle_through_the_dynamic_provider_host(host, emulator):
             id=pod_id, urn=URN, olds=created.properties, news=rechecked.inputs
         )
     )
-    assert _dict(updated.properties)["image"] == new_image
+    assert as_dict(updated.properties)["image"] == new_image
     assert emulator.pods[pod_id].body["image"] == new_image
     assert [m for m, _, _ in emulator.requests].count("PATCH") == 1
     # The PATCH alone does not restart the container: the documented restart action did.
@@ -168,7 +136,7 @@ def test_check_failures_come_back_through_the_host(host, emulator):
         **pod_inputs(gpuTypeIds=[], containerDiskGb=12),
         "__provider": serialize_provider(RunpodPodProvider()),
     }
-    host.Configure(provider_pb2.ConfigureRequest(args=_struct({})))
-    checked = host.Check(provider_pb2.CheckRequest(urn=URN, olds=_struct({}), news=_struct(news)))
+    host.Configure(provider_pb2.ConfigureRequest(args=struct({})))
+    checked = host.Check(provider_pb2.CheckRequest(urn=URN, olds=struct({}), news=struct(news)))
     assert sorted(f.property for f in checked.failures) == ["containerDiskGb", "gpuTypeIds"]
     assert emulator.requests == []

@@ -699,3 +699,29 @@ def test_one_provider_instance_serves_four_threads_at_once(provider, emulator):
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda c: provider.delete(c.id, c.outs), created))
     assert emulator.live_pods() == []
+
+
+# -- a pod that stops serving after it was ready ------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["exited", "error", "never_healthy"])
+def test_refresh_reports_a_pod_that_stopped_serving_and_up_replaces_it(provider, emulator, how):
+    created = provider.create(checked(provider))
+    fine = provider.read(created.id, created.outs)
+    assert fine.outs["serving"] is True and fine.outs["notServingReason"] == ""
+    assert provider.diff(created.id, fine.outs, checked(provider)).replaces == []
+
+    if how == "exited":
+        emulator.pods[created.id].exited = True  # vLLM's bounded restarts ran out
+    elif how == "error":
+        emulator.faults.error_after_start = True
+    else:
+        emulator.faults.never_healthy = True  # RUNNING, but nothing answers any more
+    refreshed = provider.read(created.id, created.outs)
+    assert refreshed.id == created.id  # still billing (or stopped): not dropped, replaced
+    assert refreshed.outs["serving"] is False
+    assert refreshed.outs["notServingReason"]
+    diff = provider.diff(created.id, refreshed.outs, checked(provider))
+    assert diff.changes and "serving" in diff.replaces
+    assert diff.delete_before_replace is False  # the new pod serves before the old one goes
+    provider.delete(created.id, refreshed.outs)

@@ -64,6 +64,7 @@ def render_bootstrap() -> str:
         vllm_port=VLLM_INTERNAL_PORT,
         public_port=PUBLIC_PORT,
         auth_include_sh=proxy_config.AUTH_INCLUDE_SH,
+        vllm_max_restarts=VLLM_MAX_RESTARTS,
     )
 
 
@@ -87,6 +88,8 @@ def pod_proxy_config(
     )
 
 
+# How often the bootstrap restarts a vLLM that exited before it gives up and the pod exits.
+VLLM_MAX_RESTARTS = 2
 STUB_NAME = "llm-endpoint-entrypoint"  # $0 of the stub when run by `sh -c`
 
 

@@ -246,6 +246,22 @@ class PodLifecycle:
             return None
         return pod
 
+    def not_serving(self, pod: Json, spec: PodSpec) -> str | None:
+        """Why a pod that was ready no longer serves (for `pulumi refresh`), or None. One look,
+        no wait: EXITED/ERROR (e.g. vLLM's bounded restarts ran out), or the readiness rule."""
+        status = pod.get("status")
+        if status in FAILED_STATUSES:
+            return f"status {status}"
+        if status != "RUNNING":
+            return None  # starting or restarting: not a verdict yet
+        return serving_status(
+            endpoint_url(str(pod["id"]), spec.port),
+            spec.key,
+            spec.served_model,
+            self.health,
+            self.models,
+        )
+
     def update_in_place(self, pod_id: str, patch: Json, spec: PodSpec) -> ReadyPod:
         """PATCH the container settings, restart the container, and wait until the NEW
         container serves: `startedAt` later than before the PATCH, `/health` 200, and

@@ -19,6 +19,7 @@ podName, endpoint, gpuTypeId, dataCenterId, costPerHour, status.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,9 +35,10 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from infra.runpod import bootstrap
+from infra.runpod import bootstrap, journal
 from infra.runpod.account_secrets import reference
 from infra.runpod.bodies import PodSpec
+from infra.runpod.errors import RunpodError
 from infra.runpod.inputs import input_failures
 from infra.runpod.lifecycle import PodLifecycle, ReadyPod
 from infra.runpod.probes import HealthCheck, KeyCheck, http_health, http_models
@@ -48,6 +50,8 @@ from infra.runpod.provider_base import (
     secret_values,
 )
 from infra.serving import PUBLIC_PORT
+
+log = logging.getLogger(__name__)
 
 SECRET_INPUTS = ("apiKey",)
 # Changing these needs a different machine: the pod is replaced (a new one is created and made
@@ -145,8 +149,10 @@ class RunpodPodProvider(RunpodProviderBase):
             and (new_dcs == UNKNOWN or placed_dc not in new_dcs)
         ):
             replaces.append("dataCenterIds")
+        if plain(olds.get("serving")) is False:
+            replaces.append("serving")  # read() found it no longer serving: a new pod
         return DiffResult(
-            changes=bool(changed),
+            changes=bool(changed) or bool(replaces),
             replaces=replaces,
             stables=["name"] if not replaces else [],
             delete_before_replace=False,
@@ -188,6 +194,8 @@ class RunpodPodProvider(RunpodProviderBase):
             "dataCenterId": pod.data_center_id,
             "costPerHour": pod.cost_per_hour,
             "status": pod.status,
+            "serving": True,
+            "notServingReason": "",
         }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -195,16 +203,41 @@ class RunpodPodProvider(RunpodProviderBase):
         # replacement (created before the old pod is deleted) must not find the old one.
         pod_name = f"{plain(props['name'])}-{secrets.token_hex(4)}"
         with self._session(props) as lifecycle:
-            pod = lifecycle.create(self._spec(props, pod_name))
+            self._recover(lifecycle, props)
+            entry = journal.record(pod_name)  # before the POST: a SIGKILL from here on is found
+            try:
+                pod = lifecycle.create(self._spec(props, pod_name))
+            finally:
+                # Returned (the engine records the pod) or failed having cleaned up. Not run
+                # when the process is killed: the entry then stays, and is an orphan.
+                journal.done(entry)
         return CreateResult(pod.id, self._outs(props, pod))
+
+    @staticmethod
+    def _recover(lifecycle: PodLifecycle, props: Mapping[str, Any]) -> None:
+        """Delete the pods of this stack whose create was interrupted by a kill (journal.py)."""
+        base = str(plain(props.get("name") or ""))
+        prefix = base.rsplit("-", 1)[0] + "-"  # llm-endpoint-<stack>-, every index
+        for entry in journal.orphans(prefix):
+            try:
+                found = lifecycle.client.find_pods_by_name(entry.name)
+                for pod in found:
+                    lifecycle.delete(str(pod["id"]))
+            except RunpodError as err:
+                log.error("could not delete the pod of interrupted create %s: %s", entry.name, err)
+                # (the error text names only the pod and the API answer, never a secret)
+                continue  # the entry stays: the next call, or the leak finder, tries again
+            journal.note_recovered(entry, [str(p["id"]) for p in found])
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self._session(props) as lifecycle:
+            self._recover(lifecycle, props)
             pod = lifecycle.read(id_)
-        if pod is None:
-            # Gone (e.g. terminated from the console): an empty id makes `pulumi refresh` drop
-            # it from the state instead of showing it forever (docs/facts/pulumi.md).
-            return ReadResult("", {})
+            if pod is None:
+                # Gone (e.g. terminated from the console): an empty id makes `pulumi refresh`
+                # drop it from the state instead of showing it forever (docs/facts/pulumi.md).
+                return ReadResult("", {})
+            reason = lifecycle.not_serving(pod, self._spec(props, str(pod.get("name"))))
         outs = {k: v for k, v in props.items() if k != PROVIDER_KEY}
         outs.update(
             podId=str(pod["id"]),
@@ -213,10 +246,16 @@ class RunpodPodProvider(RunpodProviderBase):
             costPerHour=float(pod.get("cost") or 0.0),
             gpuTypeId=(pod.get("gpu") or {}).get("id", outs.get("gpuTypeId")),
             dataCenterId=pod.get("dataCenterId"),
+            # A pod that stopped serving after it was ready (EXITED, ERROR, or its service no
+            # longer answers): `diff` then replaces it, on `pulumi up --refresh`.
+            serving=reason is None,
+            notServingReason=reason or "",
         )
         return ReadResult(id_, outs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        with self._session(news) as lifecycle:
+            self._recover(lifecycle, news)
         old, new = _inputs(olds), _inputs(news)
         changed = {k for k in IN_PLACE_KEYS if old.get(k) != new.get(k)}
         pod_name = str(plain(olds.get("podName")) or plain(news["name"]))
@@ -239,4 +278,5 @@ class RunpodPodProvider(RunpodProviderBase):
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with self._session(props) as lifecycle:
+            self._recover(lifecycle, props)
             lifecycle.delete(id_)

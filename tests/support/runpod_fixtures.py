@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from infra.runpod.journal import JOURNAL_DIR_ENV
 from infra.runpod.provider import RunpodPodProvider
 from tests.support.runpod_emulator import FakeClock, RunpodEmulator
 from tests.support.runpod_testing import (
@@ -41,12 +42,14 @@ def emulator(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunpodEmulator]:
     caplog.set_level("DEBUG")
     with RunpodEmulator(api_key=RUNPOD_KEY, clock=clock) as emu:
         for k, v in emu.env().items():
             monkeypatch.setenv(k, v)
         monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+        monkeypatch.setenv(JOURNAL_DIR_ENV, str(tmp_path_factory.mktemp("journal")))
         # What the stack's RunpodSecret resources would have made before the pods.
         emu.put_secret(KEY_SECRET, ENDPOINT_KEY)
         emu.put_secret(TOKEN_SECRET, HF_TOKEN)
