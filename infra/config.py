@@ -29,6 +29,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
@@ -133,6 +134,20 @@ class GcpConfig(_Model):
     max_surge: int = Field(default=0, ge=0, le=gcp_catalog.MAX_REPLICAS, examples=[0])
     idle_min_replicas: int = Field(default=0, ge=0, examples=[0])
     gpu_quota: int | None = Field(default=None, ge=0, examples=[8])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_ready_default(cls, data: Any) -> Any:
+        """In a group, an unset readyTimeoutMinutes is the longest autohealing can wait out
+        (group_plan.GROUP_DEFAULT_READY_TIMEOUT_MINUTES), not the single VM's 45."""
+        if not isinstance(data, dict) or {"readyTimeoutMinutes", "ready_timeout_minutes"} & set(
+            data
+        ):
+            return data
+        replicas = data.get("replicas")
+        if isinstance(replicas, int) and not isinstance(replicas, bool) and replicas > 1:
+            return {**data, "readyTimeoutMinutes": group_plan.GROUP_DEFAULT_READY_TIMEOUT_MINUTES}
+        return data
 
     @field_validator("project")
     @classmethod

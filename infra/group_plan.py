@@ -14,15 +14,18 @@ from dataclasses import dataclass
 
 # The API's limit for an autohealing policy's initial delay.
 MAX_INITIAL_DELAY_SECONDS = 3600
-# The startup script's watchdog powers a hung VM off 10 minutes after the ready deadline
-# (startup/startup.sh.j2, arm_watchdog); autohealing must not judge a replica before that, plus
-# five minutes for the image pull of a slow first boot to show up in the logs.
-WATCHDOG_AFTER_DEADLINE_SECONDS = 600
+# A replica's last word on a failed start is its boot watchdog, which fires up to 30 minutes
+# after the ready deadline (the VM runtime's slack for boot, host setup and the image pull).
+# Autohealing must not judge a replica before that, or it would recreate one still starting
+# (each recreation a new cold start that bills), plus five minutes of margin.
+WATCHDOG_AFTER_DEADLINE_SECONDS = 30 * 60
 HEALING_MARGIN_SECONDS = 300
 # The longest ready deadline a replica may have so that the delay stays within the API's limit.
 MAX_GROUP_READY_TIMEOUT_MINUTES = (
     MAX_INITIAL_DELAY_SECONDS - WATCHDOG_AFTER_DEADLINE_SECONDS - HEALING_MARGIN_SECONDS
 ) // 60
+# gcp.readyTimeoutMinutes in a group when the stack does not set it.
+GROUP_DEFAULT_READY_TIMEOUT_MINUTES = MAX_GROUP_READY_TIMEOUT_MINUTES
 
 
 @dataclass(frozen=True)

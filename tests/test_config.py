@@ -245,7 +245,7 @@ ERROR_CASES = [
     pytest.param(
         gcp(replicas=2, region="us-central1", readyTimeoutMinutes=60),
         "llm-endpoint:gcp.readyTimeoutMinutes = 60",
-        ["3600 s", "at most 45"],
+        ["3600 s", "at most 25"],
         id="group-ready-timeout-beyond-autohealing-limit",
     ),
     pytest.param(
@@ -609,3 +609,13 @@ def test_region_alone_picks_its_first_a100_zone_and_a_zone_gives_its_region() ->
     default = config.parse(gcp()).gcp
     assert default is not None
     assert (default.zone, default.region, default.replicas) == ("us-central1-a", "us-central1", 1)
+
+
+def test_a_group_without_a_ready_timeout_gets_the_longest_autohealing_can_wait_out() -> None:
+    group = config.parse(gcp(replicas=2, region="us-central1")).gcp
+    assert group is not None and group.ready_timeout_minutes == 25
+    assert group.plan_group().initial_delay_seconds == 3600
+    single = config.parse(gcp()).gcp
+    assert single is not None and single.ready_timeout_minutes == 45
+    explicit = config.parse(gcp(replicas=2, region="us-central1", readyTimeoutMinutes=20)).gcp
+    assert explicit is not None and explicit.ready_timeout_minutes == 20

@@ -66,6 +66,7 @@ def group_stack(**gcp: Any) -> tuple[dict[str, str], list[str]]:
     )
     doc = json.loads(config["llm-endpoint:gcp"])
     doc.pop("zone")
+    doc.pop("readyTimeoutMinutes")  # a group's default (25) instead of the dev stack's 45
     config["llm-endpoint:gcp"] = json.dumps(doc)
     return config, secret_keys
 
@@ -118,7 +119,7 @@ async def test_two_replicas_declare_template_group_checks_and_balancer() -> None
     assert group["targetSize"] == 2
     assert group["versions"][0]["instanceTemplate"].endswith("?uniqueId=1")
     healing = group["autoHealingPolicies"]
-    assert healing["initialDelaySec"] == 45 * 60 + 600 + 300 <= 3600
+    assert healing["initialDelaySec"] == 25 * 60 + 1800 + 300 <= 3600
     assert healing["healthCheck"] == "gcp-heal-check-id"
     policy = group["updatePolicy"]
     assert (policy["maxSurgeFixed"], policy["maxUnavailableFixed"]) == (0, 1)
@@ -272,4 +273,5 @@ def test_every_group_the_config_allows_keeps_a_replica_serving_within_google_lim
                 assert plan.max_surge + plan.max_unavailable > 0
                 assert plan.serving_during_roll >= 1
                 assert 0 <= plan.initial_delay_seconds <= group_plan.MAX_INITIAL_DELAY_SECONDS
-                assert plan.initial_delay_seconds > g.ready_timeout_minutes * 60 + 600
+                watchdog = g.ready_timeout_minutes * 60 + group_plan.WATCHDOG_AFTER_DEADLINE_SECONDS
+                assert plan.initial_delay_seconds > watchdog
