@@ -18,6 +18,12 @@ A pod whose create was cut short by a killed provider process (a journal entry w
 gone, infra/runpod/journal.py; the journal is read from where `pulumi up` runs, the project
 root) is shown as INTERRUPTED CREATE and deleted with the unknown ones, whatever its age.
 
+Without --stack or --known-ids the pods are listed, not judged (nothing says which are in use);
+the output suggests the --stack options for the stacks named in the pods. A TERMINATED pod is
+gone and no longer bills: it is shown as such, never as unknown. --delete-unknown without --yes
+asks first, so it needs a terminal: in cron, pass --yes (it is refused otherwise, before anything
+is read). An unreachable API fails within seconds, saying so.
+
 A pod younger than --min-age-minutes (default 30) is shown as "NEW (too young to judge)" and
 never deleted: a `pulumi up` in progress has pods that no state or output records yet, for up to
 the stack's `runpod.readyTimeoutMinutes` (default 20). With a longer ready timeout, pass a
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -40,8 +47,8 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from infra.runpod import journal
-from infra.runpod.client import API_KEY_ENV, RunpodClient
-from infra.runpod.errors import KEY_HELP, RunpodError, redact
+from infra.runpod.client import API_BASE_URL_ENV, API_KEY_ENV, RunpodClient
+from infra.runpod.errors import KEY_HELP, RunpodError, TransportError, redact
 from infra.runpod.lifecycle import PodLifecycle
 from infra.runpod.naming import PROJECT_PREFIX, is_project_pod, stack_pattern
 
@@ -54,6 +61,14 @@ TOO_YOUNG = "NEW (too young to judge)"
 # no state, whatever its age, and deleted like an unknown pod.
 INTERRUPTED = "INTERRUPTED CREATE"
 DELETABLE = ("UNKNOWN", INTERRUPTED)
+NOT_JUDGED = "not judged"
+GONE = "terminated (not billing)"
+PROG = "python -m scripts.runpod_pods"
+# Listing: one retry, and the whole listing within this long. A cron job that cannot reach
+# RunPod should say so at once; the next run tries again. (Deletes keep the client's patience.)
+LIST_ATTEMPTS = 2
+LIST_TIMEOUT_S = 10.0
+LIST_DEADLINE_S = 15.0
 
 
 class UsageError(Exception):
@@ -66,7 +81,7 @@ class PodRow:
     name: str
     status: str
     cost_per_hour: float
-    verdict: str  # "known", "UNKNOWN", "other stack" or TOO_YOUNG
+    verdict: str  # "known", "UNKNOWN", "other stack", TOO_YOUNG, GONE or NOT_JUDGED
 
 
 def _pulumi(run: Run, *args: str) -> str:
@@ -131,14 +146,15 @@ def api_key(run: Run, stacks: Sequence[str]) -> str:
 def classify(
     pods: Sequence[dict[str, Any]],
     stacks: Sequence[str],
-    known: set[str],
+    known: set[str] | None,
     *,
     now: float,
     min_age_s: float,
     interrupted: frozenset[str] = frozenset(),
 ) -> list[PodRow]:
     """`now` is wall-clock epoch seconds. A pod whose age is unknown counts as too young.
-    `interrupted`: names of pods whose create was killed (the journal's orphans)."""
+    `known` None: nothing says which pods are in use, so none is judged (except the journal's
+    orphans). `interrupted`: names of pods whose create was killed (the journal's orphans)."""
     patterns = [stack_pattern(s) for s in stacks]
     rows = []
     for pod in pods:
@@ -146,7 +162,11 @@ def classify(
         if not is_project_pod(name):
             continue
         pod_id = str(pod["id"])
-        if pod_id in known:
+        if pod.get("status") == "TERMINATED":
+            verdict = GONE
+        elif known is None:
+            verdict = INTERRUPTED if name in interrupted else NOT_JUDGED
+        elif pod_id in known:
             verdict = "known"
         elif patterns and not any(p.match(name) for p in patterns):
             verdict = "other stack"
@@ -162,7 +182,18 @@ def classify(
     return rows
 
 
-def render(rows: Sequence[PodRow], out: TextIO) -> None:
+def stacks_named_in(rows: Sequence[PodRow]) -> list[str]:
+    """Stack names as pod names carry them (`llm-endpoint-<stack>-<n>-<hex>`; a slug of the
+    stack name, which is the name itself for the usual lowercase names)."""
+    names = {r.name.removeprefix(PROJECT_PREFIX).rsplit("-", 2)[0] for r in rows}
+    return sorted(names)
+
+
+def command(*args: str) -> str:
+    return " ".join([PROG, *(shlex.quote(a) for a in args)])
+
+
+def render(rows: Sequence[PodRow], out: TextIO, argv: Sequence[str] = ()) -> None:
     if not rows:
         print("No pods of this project at RunPod.", file=out)
         return
@@ -178,7 +209,17 @@ def render(rows: Sequence[PodRow], out: TextIO) -> None:
         cost = sum(r.cost_per_hour for r in unknown)
         print(
             f"{len(unknown)} pod(s) no stack knows about, costing ${cost:.2f}/hour together. "
-            "Delete them with --delete-unknown.",
+            f"Delete them with: {command(*argv, '--delete-unknown')}",
+            file=out,
+        )
+    unjudged = [r for r in rows if r.verdict == NOT_JUDGED]
+    if unjudged:
+        stacks = [a for s in stacks_named_in(unjudged) for a in ("--stack", s)]
+        print(
+            f"{len(unjudged)} pod(s) not judged: name the stacks whose pods are in use, e.g. "
+            f"{command(*stacks)} (the stacks in these pods' names), or, where the Pulumi CLI "
+            f"is not installed, {command('--known-ids', 'ID', '...')} with every stack's "
+            "runpod_pod_ids.",
             file=out,
         )
     if any(r.verdict == INTERRUPTED for r in rows):
@@ -200,14 +241,56 @@ def main(
     *,
     run: Run = subprocess.run,
     ask: Callable[[str], str] = input,
+    interactive: Callable[[], bool] = sys.stdin.isatty,
     out: TextIO = sys.stdout,
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
 ) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.runpod_pods", description=__doc__.split("\n\n")[0]
-    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    err = sys.stderr if out is sys.stdout else out
+    try:
+        _refuse_before_reading(args, argv, interactive)
+        known = set(args.known_ids or [])
+        unreadable = []
+        for stack in args.stack:
+            try:
+                known |= stack_pod_ids(run, stack)
+            except UsageError as e:
+                unreadable.append(f"{stack}: {e}")
+        if unreadable:
+            # Judging pods without knowing what a stack holds could delete a serving pod.
+            raise UsageError("cannot read the stacks' pods: " + "; ".join(unreadable))
+        key = api_key(run, args.stack)
+        judged = bool(args.stack) or args.known_ids is not None
+        orphans = {e.name: e for e in journal.orphans(PROJECT_PREFIX)}
+        rows = classify(
+            list_pods(key, sleep=sleep, now=now),
+            args.stack,
+            known if judged else None,
+            now=wall(),
+            min_age_s=max(0.0, args.min_age_minutes) * 60,
+            interrupted=frozenset(orphans),
+        )
+        render(rows, out, argv)
+        unknown = [r for r in rows if r.verdict in DELETABLE]
+        if not unknown or not args.delete_unknown:
+            return 1 if unknown else 0
+        if not args.yes and not _confirmed(ask, len(unknown)):
+            print("Nothing deleted.", file=out)
+            return 1
+        return _delete(key, unknown, orphans, out, err, sleep=sleep, now=now)
+    except UsageError as e:
+        print(f"runpod_pods: {e}", file=err)
+        return 2
+    except RunpodError as e:
+        print(f"runpod_pods: {e}", file=err)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", action="append", default=[], help="a stack (repeatable)")
     parser.add_argument(
         "--known-ids", nargs="*", default=None, help="ids of every pod a stack owns (may be none)"
@@ -221,61 +304,70 @@ def main(
         help="never judge pods younger than this (default %(default)g; keep it above the "
         "stacks' runpod.readyTimeoutMinutes)",
     )
-    args = parser.parse_args(argv)
-    err = sys.stderr if out is sys.stdout else out
-    try:
-        if args.delete_unknown and not args.stack and args.known_ids is None:
-            raise UsageError(
-                "--delete-unknown needs --stack or --known-ids, to know which pods are in use"
-            )
-        known = set(args.known_ids or [])
-        unreadable = []
-        for stack in args.stack:
+    return parser
+
+
+def _delete(
+    key: str,
+    rows: Sequence[PodRow],
+    orphans: dict[str, journal.Entry],
+    out: TextIO,
+    err: TextIO,
+    *,
+    sleep: Callable[[float], None],
+    now: Callable[[], float],
+) -> int:
+    with RunpodClient(key, sleep=sleep, now=now) as client:
+        lifecycle = PodLifecycle(client, now=now, sleep=sleep)
+        failed = 0
+        for row in rows:
             try:
-                known |= stack_pod_ids(run, stack)
-            except UsageError as e:
-                unreadable.append(f"{stack}: {e}")
-        if unreadable:
-            # Judging pods without knowing what a stack holds could delete a serving pod.
-            raise UsageError("cannot read the stacks' pods: " + "; ".join(unreadable))
-        key = api_key(run, args.stack)
-        orphans = {e.name: e for e in journal.orphans(PROJECT_PREFIX)}
-        with RunpodClient(key, sleep=sleep) as client:
-            rows = classify(
-                client.list_pods(),
-                args.stack,
-                known,
-                now=wall(),
-                min_age_s=max(0.0, args.min_age_minutes) * 60,
-                interrupted=frozenset(orphans),
-            )
-            render(rows, out)
-            unknown = [r for r in rows if r.verdict in DELETABLE]
-            if not unknown or not args.delete_unknown:
-                return 1 if unknown else 0
-            if not args.yes:
-                answer = ask(f"Delete {len(unknown)} unknown pod(s)? Type 'yes' to confirm: ")
-                if answer.strip().lower() != "yes":
-                    print("Nothing deleted.", file=out)
-                    return 1
-            lifecycle = PodLifecycle(client, now=now, sleep=sleep)
-            failed = 0
-            for row in unknown:
-                try:
-                    lifecycle.delete(row.id)
-                    print(f"deleted {row.id} ({row.name})", file=out)
-                    if row.name in orphans:
-                        journal.note_recovered(orphans[row.name], [row.id])
-                except RunpodError as e:
-                    failed += 1
-                    print(f"FAILED to delete {row.id}: {redact(str(e), [key])}", file=err)
-            return 1 if failed else 0
-    except UsageError as e:
-        print(f"runpod_pods: {e}", file=err)
-        return 2
-    except RunpodError as e:
-        print(f"runpod_pods: {e}", file=err)
-        return 2
+                lifecycle.delete(row.id)
+                print(f"deleted {row.id} ({row.name})", file=out)
+                if row.name in orphans:
+                    journal.note_recovered(orphans[row.name], [row.id])
+            except RunpodError as e:
+                failed += 1
+                print(f"FAILED to delete {row.id}: {redact(str(e), [key])}", file=err)
+        return 1 if failed else 0
+
+
+def _refuse_before_reading(
+    args: argparse.Namespace, argv: Sequence[str], interactive: Callable[[], bool]
+) -> None:
+    if args.delete_unknown and not args.stack and args.known_ids is None:
+        raise UsageError(
+            "--delete-unknown needs --stack or --known-ids, to know which pods are in use"
+        )
+    if args.delete_unknown and not args.yes and not interactive():
+        raise UsageError(
+            "--delete-unknown asks before deleting, and there is no terminal to ask (cron?). "
+            f"Nothing was read or deleted. To delete without asking: {command(*argv, '--yes')}"
+        )
+
+
+def _confirmed(ask: Callable[[str], str], count: int) -> bool:
+    try:
+        answer = ask(f"Delete {count} unknown pod(s)? Type 'yes' to confirm: ")
+    except EOFError:  # the terminal closed the input: that is not a yes
+        return False
+    return answer.strip().lower() == "yes"
+
+
+def list_pods(key: str, *, sleep: Callable[[float], None], now: Callable[[], float]) -> list[Any]:
+    """Every pod of the account, or a UsageError within LIST_DEADLINE_S saying the API could
+    not be reached (one retry, no long back-off: cron runs again)."""
+    client = RunpodClient(
+        key, sleep=sleep, now=now, timeout_s=LIST_TIMEOUT_S, attempts=LIST_ATTEMPTS
+    )
+    with client, client.deadline(now() + LIST_DEADLINE_S):
+        try:
+            return client.list_pods()
+        except TransportError as e:
+            raise UsageError(
+                f"cannot reach the RunPod API at {client.base_url} ({e}). Check the network "
+                f"(and {API_BASE_URL_ENV}, if set); nothing was judged or deleted"
+            ) from None
 
 
 if __name__ == "__main__":

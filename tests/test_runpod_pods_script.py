@@ -107,6 +107,7 @@ def test_delete_unknown_asks_first_and_keeps_everything_on_no(fleet, emulator):
         ["--stack", "runpod", "--delete-unknown"],
         run=run,
         ask=ask,
+        interactive=lambda: True,
         out=out,
     )
     assert code == 1
@@ -227,6 +228,7 @@ def test_known_ids_judge_every_project_pod(fleet, emulator, clock):
         ["--known-ids", *keep, "--delete-unknown"],
         run=no_pulumi,
         ask=lambda q: "yes",
+        interactive=lambda: True,
         out=out,
         sleep=clock.sleep,
         now=clock.now,
@@ -272,3 +274,155 @@ def test_runs_as_a_module_against_the_emulator():
         assert f"deleted {leaked}" in done.stdout
         assert emu.live_pods() == []
         assert RUNPOD_KEY not in done.stdout + done.stderr
+
+
+# --- in cron: no terminal, no arguments, gone pods, no network -------------------------------
+
+
+def _suggested(text: str, after: str) -> list[str]:
+    """The arguments of the command the output suggests after `after`."""
+    import shlex
+
+    line = next(line for line in text.splitlines() if after in line)
+    suggestion = line.split(after, 1)[1].split(" (the stacks")[0].rstrip(".")
+    words = shlex.split(suggestion)
+    assert words[:3] == ["python", "-m", "scripts.runpod_pods"], words
+    return words[3:]
+
+
+def test_delete_unknown_without_yes_and_terminal_is_refused_before_anything(fleet, emulator):
+    run, calls = pulumi_outputs({"runpod": [fleet["known0"], fleet["known1"]]})
+    out = io.StringIO()
+    code = runpod_pods.main(
+        ["--stack", "runpod", "--delete-unknown"],
+        run=run,
+        ask=lambda q: pytest.fail("must not ask without a terminal"),
+        interactive=lambda: False,
+        out=out,
+    )
+    assert code == 2
+    assert "there is no terminal to ask (cron?)" in out.getvalue()
+    assert (
+        "To delete without asking: python -m scripts.runpod_pods --stack runpod "
+        "--delete-unknown --yes" in out.getvalue()
+    )
+    assert calls == [] and emulator.requests == []
+    emulator.pods.pop(fleet["leaked"])
+
+
+def test_in_cron_stdin_is_no_terminal_and_there_is_no_traceback(emulator):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    env |= emulator.env() | {"RUNPOD_API_KEY": RUNPOD_KEY, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.runpod_pods", "--known-ids", "--delete-unknown"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "EOFError" not in done.stderr
+    assert "no terminal to ask" in done.stderr
+    assert emulator.requests == []
+
+
+def test_end_of_input_at_the_question_deletes_nothing(fleet, emulator):
+    def eof(question: str) -> str:
+        raise EOFError
+
+    run, _ = pulumi_outputs({"runpod": [fleet["known0"], fleet["known1"]]})
+    out = io.StringIO()
+    code = runpod_pods.main(
+        ["--stack", "runpod", "--delete-unknown"],
+        run=run,
+        ask=eof,
+        interactive=lambda: True,
+        out=out,
+    )
+    assert code == 1
+    assert "Nothing deleted." in out.getvalue()
+    assert fleet["leaked"] in emulator.live_pods()
+    emulator.pods.pop(fleet["leaked"])
+
+
+def test_without_arguments_pods_are_listed_not_judged_and_the_advice_is_accepted(fleet, emulator):
+    out = io.StringIO()
+    code = runpod_pods.main([], run=no_pulumi, out=out)
+    text = out.getvalue()
+    assert code == 0
+    lines = {line.split()[0]: line for line in text.splitlines() if line[:1].isalnum()}
+    for name in ("known0", "known1", "leaked", "other"):
+        assert lines[fleet[name]].endswith("not judged")
+    assert "UNKNOWN" not in text
+    advice = _suggested(text, "e.g. ")
+    assert advice == ["--stack", "runpod", "--stack", "runpod-eu"]
+    # The suggested command runs (with both stacks readable) and judges the pods.
+    run, _ = pulumi_outputs(
+        {"runpod": [fleet["known0"], fleet["known1"]], "runpod-eu": [fleet["other"]]}
+    )
+    out = io.StringIO()
+    assert runpod_pods.main(advice, run=run, out=out) == 1
+    assert "UNKNOWN" in out.getvalue()
+    # ... and so does the delete command it then suggests.
+    delete = _suggested(out.getvalue(), "Delete them with: ")
+    assert delete == [*advice, "--delete-unknown"]
+    out = io.StringIO()
+    code = runpod_pods.main(delete, run=run, ask=lambda q: "yes", interactive=lambda: True, out=out)
+    assert code == 0
+    assert f"deleted {fleet['leaked']}" in out.getvalue()
+
+
+def test_a_terminated_pod_is_not_unknown_and_does_not_fail_the_run(fleet, emulator, clock):
+    emulator.pods[fleet["leaked"]].deleted_at = clock.now()  # deleted: TERMINATED for 10 s
+    run, _ = pulumi_outputs({"runpod": [fleet["known0"], fleet["known1"]]})
+    out = io.StringIO()
+    code = runpod_pods.main(["--stack", "runpod", "--delete-unknown", "--yes"], run=run, out=out)
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines() if line[:1].isalnum()}
+    assert "TERMINATED" in lines[fleet["leaked"]]
+    assert lines[fleet["leaked"]].endswith("terminated (not billing)")
+    assert "no stack knows about" not in out.getvalue()
+    assert not [m for m, _, _ in emulator.requests if m == "DELETE"]
+
+
+def test_an_unreachable_api_fails_at_once_and_says_so(monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", RUNPOD_KEY)
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", "http://127.0.0.1:9")  # closed port
+    slept: list[float] = []
+    out = io.StringIO()
+    code = runpod_pods.main(["--known-ids", "x"], run=no_pulumi, out=out, sleep=slept.append)
+    assert code == 2
+    assert "cannot reach the RunPod API at http://127.0.0.1:9" in out.getvalue()
+    assert "nothing was judged or deleted" in out.getvalue()
+    assert slept == [1.0]  # one retry after a second, not 15 s of back-off
+
+
+def test_a_stalled_api_is_given_up_at_the_deadline(monkeypatch):
+    """A server that accepts and never answers: each request ends at its timeout (shortened
+    here), and the listing at its deadline on the injected clock."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        monkeypatch.setenv("RUNPOD_API_KEY", RUNPOD_KEY)
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setattr(runpod_pods, "LIST_TIMEOUT_S", 0.2)
+        fake_now = [0.0]
+
+        def sleep(s: float) -> None:
+            fake_now[0] += s
+
+        out = io.StringIO()
+        code = runpod_pods.main(
+            ["--known-ids", "x"], run=no_pulumi, out=out, sleep=sleep, now=lambda: fake_now[0]
+        )
+    finally:
+        listener.close()
+    assert code == 2
+    assert "cannot reach the RunPod API" in out.getvalue()
+    assert "ReadTimeout" in out.getvalue()
+    assert fake_now[0] <= runpod_pods.LIST_DEADLINE_S
