@@ -203,8 +203,10 @@ class GcpVllmVm(pulumi.ComponentResource):
         self.estimated_cost = estimate.describe()
         self.estimated_usd_per_hour = estimate.usd_per_hour
         wait_seconds = g.ready_timeout_minutes * 60
-        model = self.model
-        self.smoke_test_command = ip.apply(lambda v: smoke_test_command(v, model, wait_seconds))
+        model, stack = self.model, pulumi.get_stack()
+        self.smoke_test_command = ip.apply(
+            lambda v: smoke_test_command(v, model, wait_seconds, stack)
+        )
 
 
 def vm_labels(g: GcpConfig, served_model_name: str) -> dict[str, str]:
@@ -306,12 +308,14 @@ def firewall_rule(
         )
 
 
-def smoke_test_command(ip: str, model: str, wait_seconds: int) -> str:
-    """The command README and the stack output give: the key comes from the stack's state
-    through the environment, never on the command line; `--wait` is the VM's own ready
-    deadline, so the smoke test does not give up on a boot the VM still waits for."""
+def smoke_test_command(ip: str, model: str, wait_seconds: int, stack: str) -> str:
+    """The command README and the stack output give, run from the project directory: the key
+    comes from the stack's state through the environment, never on the command line; `uv run`
+    brings the project's Python and its dependencies; `--wait` is the VM's own ready deadline,
+    so the smoke test does not give up on a boot the VM still waits for."""
+    key = f"pulumi stack output api_key --show-secrets --stack {shlex.quote(stack)}"
     return (
-        'VLLM_API_KEY="$(pulumi stack output api_key --show-secrets)" '
-        f"python -m scripts.smoke_test {shlex.quote(ip)} --model {shlex.quote(model)} "
+        f'VLLM_API_KEY="$({key})" '
+        f"uv run python -m scripts.smoke_test {shlex.quote(ip)} --model {shlex.quote(model)} "
         f"--wait {wait_seconds}"
     )

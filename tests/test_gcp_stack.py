@@ -152,10 +152,14 @@ async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> N
     assert await is_secret(outputs["api_key"])
     assert await value(outputs["api_key"]) == MOCK_GENERATED_KEY
     command = await value(outputs["smoke_test_command"])
+    # As it runs in the user's shell, from the project directory (README, Quick start).
     assert command.endswith(
-        f"python -m scripts.smoke_test {MOCK_IP} --model Qwen/Qwen2.5-7B-Instruct --wait 2700"
+        f"uv run python -m scripts.smoke_test {MOCK_IP} --model Qwen/Qwen2.5-7B-Instruct "
+        "--wait 2700"
     )
-    assert "pulumi stack output api_key --show-secrets" in command
+    assert command.startswith(
+        'VLLM_API_KEY="$(pulumi stack output api_key --show-secrets --stack dev)" '
+    )
     assert MOCK_GENERATED_KEY not in command
     assert await value(outputs["estimated_usd_per_hour"]) == 3.673
     cost = await value(outputs["estimated_cost_per_hour"])
