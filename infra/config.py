@@ -310,7 +310,7 @@ class StackConfig(_Model):
         default=None,
         examples=[{"project": "my-project-123", "allowedSourceRanges": [_EXAMPLE_RANGE]}],
     )
-    runpod: RunpodConfig | None = Field(default=None, examples=[{"image": _POD_IMAGE_EXAMPLE}])
+    runpod: RunpodConfig | None = Field(default=None, examples=[{"podCount": 1}])
     # What the Hub said about the model at preview (None: not asked, or no answer).
     _model_facts: ModelFacts | None = PrivateAttr(default=None)
     _warnings: tuple[str, ...] = PrivateAttr(default=())
