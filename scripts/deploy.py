@@ -223,7 +223,7 @@ EXAMPLE_VALUES = {
         "your Google Cloud project id (as `gcloud projects list` shows it)",
         "--path 'llm-endpoint:gcp.project' YOUR_PROJECT_ID",
     ),
-    "- 203.0.113.0/24": (
+    "203.0.113.0/24": (
         "the network that may reach the endpoint, e.g. your public IP address as A.B.C.D/32",
         "--path 'llm-endpoint:gcp.allowedSourceRanges[0]' YOUR.PUBLIC.IP.ADDR/32",
     ),
@@ -238,7 +238,7 @@ def check_example_values(stack: str) -> None:
     edits, commands = [], []
     for number, line in enumerate(lines, start=1):
         for marker, (meaning, option) in EXAMPLE_VALUES.items():
-            if line.strip() == marker:
+            if marker in line.split("#", 1)[0]:  # in a value, not in a comment
                 edits.append(f"    line {number}: {line.strip():<28} -> {meaning}")
                 commands.append(f"    pulumi config set --stack {stack} {option}")
     if edits:

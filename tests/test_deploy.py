@@ -116,6 +116,25 @@ def test_shipped_example_values_are_refused_with_the_lines_to_edit(
     assert calls(sandbox) == []
 
 
+def test_the_example_range_is_found_in_flow_style_too(sandbox: dict[str, str], tmp_path: Path):
+    """README's replicas snippet writes the range as `allowedSourceRanges: [203.0.113.0/24]`."""
+    adc = Path(sandbox["HOME"]) / ".config/gcloud/application_default_credentials.json"
+    adc.write_text("{}")
+    project = copy_project(tmp_path / "flow", own_values=True)
+    stack_file = project / "Pulumi.dev.yaml"
+    text = stack_file.read_text().replace(
+        "    allowedSourceRanges:\n      - 198.51.100.7/32",
+        "    allowedSourceRanges: [203.0.113.0/24]",
+    )
+    assert "[203.0.113.0/24]" in text
+    stack_file.write_text(text)
+    sandbox["PROJECT"] = str(project)
+    result = deploy(sandbox, "dev", "--yes")
+    assert result.returncode == 1
+    assert ": allowedSourceRanges: [203.0.113.0/24]" in result.stderr
+    assert calls(sandbox) == []
+
+
 def test_deploys_the_stack_in_order_and_makes_a_private_passphrase(
     sandbox: dict[str, str],
 ) -> None:
