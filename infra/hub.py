@@ -1,11 +1,11 @@
 """Ask the Hugging Face Hub about the configured model, at preview, within a short deadline.
 
-Three requests through `huggingface_hub` (docs/facts/huggingface.md): the model's info with
-its file sizes (`GET /api/models/<id>?blobs=True`), its `config.json` and, for sharded weights,
-`model.safetensors.index.json` (`HEAD` then `GET /<id>/resolve/<commit>/<file>`). The answer is
-one of: the model's facts; a refusal the user must fix (no such model, no access, no
-safetensors); or "could not ask" (offline, timeout, Hub error), after which the preview goes on
-with the built-in table and a warning.
+Up to five requests through `huggingface_hub` (docs/facts/huggingface.md): the model's info
+with its file sizes (`GET /api/models/<id>?blobs=True`), then its `config.json` and, for sharded
+weights, `model.safetensors.index.json` (each a `HEAD` and a `GET` of
+`/<id>/resolve/<commit>/<file>`). The answer is one of: the model's facts; a refusal the user
+must fix (no such model, no access, no safetensors); or "could not ask" (offline, timeout, Hub
+error), after which the preview goes on with the built-in table and a warning.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from huggingface_hub.utils.tqdm import disable_progress_bars
 from infra.model_facts import INDEX_FILE, ModelFacts
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-# Per request; the whole lookup gets three of these. A stalled Hub costs at most this much.
+# Per request; the whole lookup gets three of these, however many requests it makes.
 DEFAULT_TIMEOUT_S = 8.0
 
 
