@@ -16,7 +16,8 @@ RunPod pods, where Debian's nginx runs in the pod next to vLLM):
    include file (default `/etc/llm-endpoint/proxy-auth.conf`), a writable directory for nginx's
    temporary files (must exist), and where the access and error logs go. It sets neither
    `daemon`, `pid` nor `user`: run it as
-   `nginx -c <conf> -e stderr -g 'daemon off; pid <writable path>;'`.
+   `nginx -c <conf> -g 'daemon off; pid <writable path>;'` (add `-e stderr` on nginx 1.19.5+ to
+   keep even the first messages off the built-in log path; 1.18 has no `-e`).
 2. The auth include file is made on the machine at start, from the key, and nowhere else:
    `render_auth_include(key)` in Python, or the POSIX shell function in `AUTH_INCLUDE_SH`
    (`printf '%s' "$KEY" | llm_endpoint_write_proxy_auth /etc/llm-endpoint/proxy-auth.conf`),

@@ -23,7 +23,7 @@ from infra.proxy_config import (
     render_auth_include,
     render_proxy_config,
 )
-from tests.support.nginx import check_config, run_proxy
+from tests.support.nginx import NGINX_BUILDS, check_config, run_proxy
 from tests.support.vllm_standin import (
     PROXY_BLOCKED_PATHS,
     RecordedRequest,
@@ -245,7 +245,8 @@ def _closed_port() -> int:
 # --- the rendered text -----------------------------------------------------------------------
 
 
-def test_default_config_is_valid_nginx_and_has_no_secret(tmp_path):
+@pytest.mark.parametrize("nginx", NGINX_BUILDS)
+def test_default_config_is_valid_nginx_and_has_no_secret(tmp_path, nginx):
     text = render_proxy_config()
     assert "listen 8000;" in text
     assert "server 127.0.0.1:8001;" in text
@@ -257,7 +258,7 @@ def test_default_config_is_valid_nginx_and_has_no_secret(tmp_path):
     # nginx -t with the include pointed at a real file (the default lives in /etc on machines).
     auth = tmp_path / "auth.conf"
     auth.write_text(render_auth_include(KEY))
-    result = check_config(text.replace(AUTH_INCLUDE_PATH, str(auth)))
+    result = check_config(text.replace(AUTH_INCLUDE_PATH, str(auth)), nginx=nginx)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
 

@@ -19,44 +19,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.nginx import RunningNginx, run_proxy
+from tests.support.nginx import NGINX_BUILDS, run_proxy
 from tests.support.proxy_battery import (
     METHODS,
-    Answer,
     Probe,
+    RecordedProxy,
     battery,
-    fire,
     judged_path,
     normal_form,
+    recorded_proxy,
     send_raw,
     violations,
 )
-from tests.support.upstream_recorder import UpstreamRecorder, run_recorder
+from tests.support.route_inventory import load_routes
+from tests.support.upstream_recorder import run_recorder
 
 KEY = "Kq7.x+y/z~-0123456789abcdefghijkl=="
 DATA = Path(__file__).resolve().parent / "data"
 
-# vLLM 0.33.0's routes (method-less: the battery tries every method on each).
-ROUTES = (
-    "/",
-    "/health",
-    "/metrics",
-    "/ping",
-    "/version",
-    "/load",
-    "/tokenize",
-    "/detokenize",
-    "/invocations",
-    "/docs",
-    "/openapi.json",
-    "/v2/models",
-    "/inference/v1/generate",
-    "/v1/models",
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/responses/resp-1/cancel",
-    "/v1/realtime",
-)
+# vLLM's own routes (docs/facts/vllm-routes.json), parameters filled in, and two it does not
+# have. The battery tries every method on each.
+ROUTES = tuple(sorted({r.example for r in load_routes()} | {"/", "/nope"}))
 CORE = ("/health", "/metrics", "/v1/models", "/invocations", "/v1/chat/completions")
 
 # The requests issue 8 names: each returned vLLM's metrics page without a key.
@@ -73,20 +56,16 @@ ISSUE_BYPASSES = (
 )
 
 
-@pytest.fixture(scope="module")
-def proxied() -> Iterator[tuple[UpstreamRecorder, RunningNginx]]:
-    with run_recorder() as upstream, run_proxy(upstream=upstream.address, api_key=KEY) as proxy:
-        yield upstream, proxy
-
-
-def _fire(probes: list[Probe], proxied: tuple[UpstreamRecorder, RunningNginx]) -> list[Answer]:
-    upstream, proxy = proxied
-    return fire(probes, port=proxy.port, key=KEY, recorder=upstream)
+@pytest.fixture(scope="module", params=NGINX_BUILDS)
+def proxied(request) -> Iterator[RecordedProxy]:
+    """The proxy in each supported nginx build (the machine's, and 1.18) before the recorder."""
+    with recorded_proxy(KEY, nginx=request.param) as running:
+        yield running
 
 
 def test_the_battery_keeps_the_property(proxied):
     probes = battery(ROUTES, CORE) + list(ISSUE_BYPASSES)
-    answers = _fire(probes, proxied)
+    answers = proxied.fire(probes)
     assert violations(answers) == []
     # Not vacuous: the battery has each kind of answer, and every method.
     reached = [a for a in answers if a.reached]
@@ -98,7 +77,7 @@ def test_the_battery_keeps_the_property(proxied):
 
 
 def test_the_issue_bypasses_are_refused_with_the_json_body(proxied):
-    for answer in _fire(list(ISSUE_BYPASSES), proxied):
+    for answer in proxied.fire(list(ISSUE_BYPASSES)):
         assert answer.reached == (), answer.probe
         assert answer.status == 403, answer.probe
         expected = b"" if answer.probe.method == "HEAD" else b'{"error":"Forbidden"}\n'
@@ -116,16 +95,12 @@ def _render_before_issue_8(**options: Any) -> str:
 def test_the_battery_finds_the_bypass_in_the_config_before_issue_8():
     """Proof that the property test can fail: every request issue 8 names reached the
     upstream without the key, as a raw path other than /health."""
-    with (
-        run_recorder() as upstream,
-        run_proxy(upstream=upstream.address, api_key=KEY, render=_render_before_issue_8) as proxy,
-    ):
-        answers = fire(list(ISSUE_BYPASSES), port=proxy.port, key=KEY, recorder=upstream)
-        for answer in answers:
+    with recorded_proxy(KEY, render=_render_before_issue_8) as old:
+        for answer in old.fire(list(ISSUE_BYPASSES)):
             assert answer.status == 200, answer.probe
             assert answer.reached[0].target != "/health"
             assert "without the key" in " ".join(violations([answer]))
-        assert len(violations(_fire(battery(ROUTES, CORE), (upstream, proxy)))) > 100
+        assert len(violations(old.fire(battery(ROUTES, CORE)))) > 100
 
 
 # Pieces a random path is made of: separators, dots and their escapes, the open and the
@@ -174,7 +149,7 @@ _PIECES = st.sampled_from(
 )
 def test_random_paths_keep_the_property(proxied, pieces, absolute, method, keyed):
     target = ("http://x" if absolute else "") + "/" + "".join(pieces)
-    answers = _fire([Probe(method, target, keyed, "random")], proxied)
+    answers = proxied.fire([Probe(method, target, keyed, "random")])
     assert violations(answers) == []
 
 
@@ -182,18 +157,16 @@ def test_random_paths_keep_the_property(proxied, pieces, absolute, method, keyed
 
 
 def test_head_health_is_answered_from_a_get(proxied):
-    upstream, _ = proxied
-    (answer,) = _fire([Probe("HEAD", "/health", False, "head")], proxied)
+    (answer,) = proxied.fire([Probe("HEAD", "/health", False, "head")])
     assert answer.status == 200
     assert answer.body == b""
     assert [seen.line for seen in answer.reached] == ["GET /health HTTP/1.1"]
-    assert upstream is not None
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in ("GET", "HEAD")])
 def test_other_methods_on_health_are_refused(proxied, method):
     for keyed in (False, True):
-        (answer,) = _fire([Probe(method, "/health", keyed, "method")], proxied)
+        (answer,) = proxied.fire([Probe(method, "/health", keyed, "method")])
         assert answer.reached == ()
         assert answer.status == 403
         assert answer.body == b'{"error":"Forbidden"}\n'
@@ -202,15 +175,15 @@ def test_other_methods_on_health_are_refused(proxied, method):
 def test_a_redirect_from_vllm_keeps_the_port(proxied):
     """vLLM builds a redirect (Starlette's trailing-slash one) from the Host header: nginx
     must pass the client's Host with its port ($http_host), not $host without it."""
-    _, proxy = proxied
-    (answer,) = _fire([Probe("GET", "/v1/models/", True, "redirect")], proxied)
+    proxy = proxied.proxy
+    (answer,) = proxied.fire([Probe("GET", "/v1/models/", True, "redirect")])
     assert answer.status == 307
     assert answer.reached[0].headers["host"] == f"127.0.0.1:{proxy.port}"
     assert answer.headers["location"] == f"http://127.0.0.1:{proxy.port}/v1/models"
 
 
 def test_a_request_without_host_still_names_a_host_upstream(proxied):
-    _, proxy = proxied
+    proxy = proxied.proxy
     request = f"GET /v1/models HTTP/1.0\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
     status, _, body = send_raw(proxy.port, request)
     assert (status, body) == (200, b'{"recorder":"ok"}')
@@ -247,7 +220,7 @@ REFUSALS = [
     ("name", "request_bytes", "status", "body"), REFUSALS, ids=[r[0] for r in REFUSALS]
 )
 def test_every_refusal_is_one_small_json_body(proxied, name, request_bytes, status, body):
-    upstream, proxy = proxied
+    upstream, proxy = proxied.upstream, proxied.proxy
     upstream.clear()
     got_status, headers, got_body = send_raw(
         proxy.port, request_bytes + b"Connection: close\r\n\r\n"

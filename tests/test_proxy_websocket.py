@@ -13,9 +13,12 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.support.nginx import RunningNginx, run_proxy
+from tests.support.nginx import NGINX_BUILDS, RunningNginx, run_proxy
+from tests.support.route_inventory import load_routes
 
 KEY = "Kq7.x+y/z~-0123456789abcdefghijkl=="
+# Every WebSocket route vLLM has (docs/facts/vllm-routes.json): /v1/realtime in 0.33.0.
+WEBSOCKETS = [r.example for r in load_routes() if r.kind == "websocket"]
 
 
 @dataclass
@@ -31,8 +34,8 @@ class EchoUpstream:
         return f"{host}:{port}"
 
 
-@pytest.fixture
-def realtime() -> Iterator[tuple[EchoUpstream, RunningNginx]]:
+@pytest.fixture(params=NGINX_BUILDS)
+def realtime(request) -> Iterator[tuple[EchoUpstream, RunningNginx]]:
     upstream: EchoUpstream
 
     def handler(ws: ServerConnection) -> None:
@@ -45,22 +48,27 @@ def realtime() -> Iterator[tuple[EchoUpstream, RunningNginx]]:
         upstream = EchoUpstream(server)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        with run_proxy(upstream=upstream.address, api_key=KEY) as proxy:
+        with run_proxy(upstream=upstream.address, api_key=KEY, nginx=request.param) as proxy:
             yield upstream, proxy
         server.shutdown()
         thread.join(timeout=5)
 
 
-def test_realtime_websocket_works_through_the_proxy_with_the_key(realtime):
+def test_the_websocket_routes_are_under_v1():
+    assert WEBSOCKETS == ["/v1/realtime"]
+
+
+@pytest.mark.parametrize("route", WEBSOCKETS)
+def test_realtime_websocket_works_through_the_proxy_with_the_key(realtime, route):
     upstream, proxy = realtime
-    url = f"ws://127.0.0.1:{proxy.port}/v1/realtime?model=m"
+    url = f"ws://127.0.0.1:{proxy.port}{route}?model=m"
     with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=10) as ws:
         ws.send("session.update")
         assert ws.recv(timeout=10) == "echo session.update"
         ws.send("input_audio_buffer.append")
         assert ws.recv(timeout=10) == "echo input_audio_buffer.append"
     ((path, headers),) = upstream.handshakes
-    assert path == "/v1/realtime?model=m"
+    assert path == f"{route}?model=m"
     names = {name.lower(): value for name, value in headers.items()}
     assert names["upgrade"].lower() == "websocket"
     assert "upgrade" in names["connection"].lower()
@@ -68,11 +76,12 @@ def test_realtime_websocket_works_through_the_proxy_with_the_key(realtime):
     assert names["host"] == f"127.0.0.1:{proxy.port}"
 
 
+@pytest.mark.parametrize("route", WEBSOCKETS)
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
-def test_realtime_websocket_is_refused_without_the_key(realtime, headers):
+def test_realtime_websocket_is_refused_without_the_key(realtime, route, headers):
     upstream, proxy = realtime
     with pytest.raises(InvalidStatus) as refused:
-        connect(f"ws://127.0.0.1:{proxy.port}/v1/realtime", additional_headers=headers)
+        connect(f"ws://127.0.0.1:{proxy.port}{route}", additional_headers=headers)
     assert refused.value.response.status_code == 401
     assert refused.value.response.body == b'{"error":"Unauthorized"}\n'
     assert upstream.handshakes == []

@@ -22,7 +22,8 @@ Everything that can change travels in the pod's environment:
   never putting it on a command line.
 - `HF_TOKEN` (secret, optional): for gated models.
 
-The bootstrap refuses to start without a key or proxy config, checks the nginx config, starts
+The bootstrap refuses to start without a key or proxy config, or with an nginx older than 1.18
+(the oldest tested; it never passes `-e`, which 1.18 lacks), checks the nginx config, starts
 vLLM on 127.0.0.1:8001 and nginx on 0.0.0.0:8000, and stops the pod if either exits.
 """
 
@@ -40,6 +41,9 @@ from infra.serving import PUBLIC_PORT, VLLM_INTERNAL_PORT
 CONF_DIR = "/etc/llm-endpoint"
 STATE_DIR = "/run/llm-endpoint"
 VLLM_HOST = "127.0.0.1"
+# The oldest nginx the bootstrap and the proxy config are tested with: 1.18, Ubuntu 22.04's
+# (tests/test_runpod_bootstrap.py runs Debian bullseye's 1.18 build: .ci/old-nginx.sh).
+MIN_NGINX_MINOR = 18
 IMAGE_DIR = Path(__file__).resolve().parent / "image"
 
 ENV_BOOTSTRAP = "LLM_ENDPOINT_BOOTSTRAP_B64"
@@ -65,6 +69,7 @@ def render_bootstrap() -> str:
         public_port=PUBLIC_PORT,
         auth_include_sh=proxy_config.AUTH_INCLUDE_SH,
         vllm_max_restarts=VLLM_MAX_RESTARTS,
+        min_nginx_minor=MIN_NGINX_MINOR,
     )
 
 

@@ -20,11 +20,19 @@ the tests run as root) starts nginx as that unprivileged user instead, owning it
 
 CI installs nginx-light from Debian; when nginx is missing the helper fails the test with the
 command to install it (a skipped proxy test would prove nothing).
+
+Two builds: the machine's (Debian's current nginx-light, or `$LLM_TEST_NGINX`) and the oldest
+the project supports, nginx 1.18 (Ubuntu 22.04's release, the base of vLLM's images), which
+`.ci/old-nginx.sh` unpacks from Debian bullseye and `.ci/run` names in `$LLM_TEST_NGINX_OLD`.
+`NGINX_BUILDS` lists both for `pytest.mark.parametrize` / fixture params; every helper takes
+`nginx=` (default: the machine's). `-e stderr` is passed only to builds that have it (1.19.5+,
+docs/facts/nginx.md, "Versions").
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,22 +42,61 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from infra.proxy_config import render_auth_include, render_proxy_config
 
 NGINX = os.environ.get("LLM_TEST_NGINX", "/usr/sbin/nginx")
+OLD_NGINX = os.environ.get("LLM_TEST_NGINX_OLD", "")
 START_TIMEOUT_S = 10.0
+_FIRST_WITH_E = (1, 19, 5)
 
 
-def nginx_binary() -> str:
-    if not os.access(NGINX, os.X_OK):
+_OLD_MISSING = (
+    "nginx 1.18 is not available: run `bash .ci/old-nginx.sh DIR` and set "
+    "LLM_TEST_NGINX_OLD=DIR/bin/nginx (`bash .ci/run` does both)"
+)
+
+
+def nginx_binary(binary: str | None = None) -> str:
+    if binary == _OLD_MISSING:
+        raise RuntimeError(_OLD_MISSING)
+    binary = binary or NGINX
+    if not os.access(binary, os.X_OK):
         raise RuntimeError(
-            f"{NGINX} not found: install Debian's nginx (apt-get install nginx-light) or run "
+            f"{binary} not found: install Debian's nginx (apt-get install nginx-light) or run "
             "`bash .ci/run`, which does"
         )
-    return NGINX
+    return binary
+
+
+@cache
+def nginx_version(binary: str | None = None) -> tuple[int, ...]:
+    """(1, 22, 1) for nginx 1.22.1, from `nginx -v`."""
+    done = subprocess.run(
+        [nginx_binary(binary), "-v"], capture_output=True, text=True, timeout=30, check=True
+    )
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"cannot read the version of {binary}: {done.stderr!r}")
+    return tuple(int(part) for part in found.groups())
+
+
+def _old_build() -> Any:
+    """The oldest supported nginx as a pytest param; without it, a param that skips (or, under
+    CI=true, fails) with the command that provides it."""
+    if OLD_NGINX:
+        return pytest.param(OLD_NGINX, id="nginx-oldest")
+    if os.environ.get("CI") == "true":
+        return pytest.param(_OLD_MISSING, id="nginx-oldest")  # nginx_binary raises
+    return pytest.param(_OLD_MISSING, id="nginx-oldest", marks=pytest.mark.skip(_OLD_MISSING))
+
+
+NGINX_BUILDS = [pytest.param(NGINX, id="nginx-machine"), _old_build()]
 
 
 def free_port() -> int:
@@ -80,14 +127,16 @@ class RunningNginx:
         return self._read("error.log") + self._read("stderr.log")
 
 
-def check_config(conf_text: str) -> subprocess.CompletedProcess[str]:
+def check_config(conf_text: str, *, nginx: str | None = None) -> subprocess.CompletedProcess[str]:
     """`nginx -t` on `conf_text` in a throwaway prefix (include paths must exist)."""
     prefix = Path(tempfile.mkdtemp(prefix="llm-nginx-t-"))
     try:
         conf = prefix / "nginx.conf"
         conf.write_text(conf_text)
+        binary = nginx_binary(nginx)
+        args = _prefix_args(binary, prefix, conf, f"pid {prefix}/nginx.pid;")
         return subprocess.run(
-            [nginx_binary(), "-t", *_prefix_args(prefix, conf, f"pid {prefix}/nginx.pid;")],
+            [binary, "-t", *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -97,19 +146,25 @@ def check_config(conf_text: str) -> subprocess.CompletedProcess[str]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
-def _prefix_args(prefix: Path, conf: Path, directives: str) -> list[str]:
-    """Everything under `prefix`, errors to stderr: no system path is read or written."""
-    return ["-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", directives]
+def _prefix_args(binary: str, prefix: Path, conf: Path, directives: str) -> list[str]:
+    """Everything under `prefix`, errors to stderr: no system path is read or written (before
+    1.19.5 there is no -e: nginx tries its built-in error log until the config's applies)."""
+    early_log = ["-e", "stderr"] if nginx_version(binary) >= _FIRST_WITH_E else []
+    return ["-p", str(prefix), "-c", str(conf), *early_log, "-g", directives]
 
 
 @contextmanager
 def run_nginx(
-    write_files: Callable[[Path], str], port: int, *, run_as_uid: int | None = None
+    write_files: Callable[[Path], str],
+    port: int,
+    *,
+    run_as_uid: int | None = None,
+    nginx: str | None = None,
 ) -> Iterator[RunningNginx]:
     """Start nginx with the config `write_files(prefix)` returns (it may write other files
     under the prefix first); the config must listen on 127.0.0.1:`port`. `run_as_uid` (when
     the tests run as root) starts nginx as that unprivileged user, owning the prefix."""
-    binary = nginx_binary()
+    binary = nginx_binary(nginx)
     prefix = Path(tempfile.mkdtemp(prefix="llm-nginx-"))
     # As root, nginx's workers run as an unprivileged user: they must reach the temp paths.
     prefix.chmod(0o755)
@@ -122,7 +177,11 @@ def run_nginx(
             os.chown(path, run_as_uid, run_as_uid)
         as_user = ["setpriv", f"--reuid={run_as_uid}", f"--regid={run_as_uid}", "--clear-groups"]
     process = subprocess.Popen(
-        [*as_user, binary, *_prefix_args(prefix, conf, f"daemon off; pid {prefix}/nginx.pid;")],
+        [
+            *as_user,
+            binary,
+            *_prefix_args(binary, prefix, conf, f"daemon off; pid {prefix}/nginx.pid;"),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=stderr,
         stderr=stderr,
@@ -164,6 +223,7 @@ def run_proxy(
     api_key: str | None = None,
     auth_include_text: str | None = None,
     run_as_uid: int | None = None,
+    nginx: str | None = None,
     render: Callable[..., str] = render_proxy_config,
     **render_overrides: Any,
 ) -> Iterator[RunningNginx]:
@@ -191,5 +251,5 @@ def run_proxy(
         }
         return render(**options)
 
-    with run_nginx(write_files, port, run_as_uid=run_as_uid) as running:
+    with run_nginx(write_files, port, run_as_uid=run_as_uid, nginx=nginx) as running:
         yield running

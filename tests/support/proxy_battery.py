@@ -2,8 +2,9 @@
 
     from tests.support.proxy_battery import battery, fire, violations
 
-    probes = battery(routes)                      # every route x path form x method x key
-    answers = fire(probes, port=proxy.port, key=KEY, recorder=upstream)
+    probes = battery(routes, core)                # every route x path form x method x key
+    with recorded_proxy(KEY, nginx=None) as proxied:   # nginx in front of the recorder
+        answers = proxied.fire(probes)            # or fire(probes, port=..., key=..., recorder=...)
     assert violations(answers) == []
 
 The property (issue 8, docs/security.md): nothing reaches vLLM without the key except
@@ -33,10 +34,13 @@ import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from tests.support.upstream_recorder import SeenRequest, UpstreamRecorder
+from tests.support.nginx import RunningNginx, run_proxy
+from tests.support.upstream_recorder import SeenRequest, UpstreamRecorder, run_recorder
 
 METHODS = (
     "GET",
@@ -270,6 +274,32 @@ def fire(
         Answer(probe, status, headers, body, tuple(by_probe.get(str(i), [])))
         for i, (probe, (status, headers, body)) in enumerate(zip(probes, results, strict=True))
     ]
+
+
+@dataclass(frozen=True)
+class RecordedProxy:
+    """The project's proxy (real nginx) in front of an upstream recorder, keyed with `key`."""
+
+    upstream: UpstreamRecorder
+    proxy: RunningNginx
+    key: str
+
+    def fire(self, probes: Sequence[Probe]) -> list[Answer]:
+        return fire(probes, port=self.proxy.port, key=self.key, recorder=self.upstream)
+
+
+@contextmanager
+def recorded_proxy(
+    key: str, *, nginx: str | None = None, **run_proxy_options: Any
+) -> Iterator[RecordedProxy]:
+    """`nginx` (default: the machine's); other options go to run_proxy (e.g. `render`)."""
+    with (
+        run_recorder() as upstream,
+        run_proxy(
+            upstream=upstream.address, api_key=key, nginx=nginx, **run_proxy_options
+        ) as proxy,
+    ):
+        yield RecordedProxy(upstream, proxy, key)
 
 
 def violations(answers: Iterable[Answer]) -> list[str]:
