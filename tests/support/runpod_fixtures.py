@@ -11,7 +11,7 @@ import pytest
 
 from infra.runpod.journal import JOURNAL_DIR_ENV
 from infra.runpod.provider import RunpodPodProvider
-from tests.support.runpod_emulator import FakeClock, RunpodEmulator
+from tests.support.runpod_emulator import FakeClock, RealClock, RunpodEmulator
 from tests.support.runpod_testing import (
     ENDPOINT_KEY,
     HF_TOKEN,
@@ -73,3 +73,14 @@ def emulator(
 @pytest.fixture
 def provider(clock: FakeClock, emulator: RunpodEmulator) -> RunpodPodProvider:
     return configured(RunpodPodProvider(now=clock.now, sleep=clock.sleep))
+
+
+@pytest.fixture
+def real_time_emulator() -> Iterator[RunpodEmulator]:
+    """The emulator on wall-clock time with instant phases, for code in other processes (the
+    dynamic-provider host, the real Pulumi engine) that cannot share a fake clock."""
+    with RunpodEmulator(
+        api_key=RUNPOD_KEY, clock=RealClock(), provision_s=0, start_s=0, serve_after_s=0
+    ) as emu:
+        yield emu
+        assert emu.violations == [], emu.violations
