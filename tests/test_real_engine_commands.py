@@ -22,7 +22,7 @@ from infra import serving
 from tests.support.nginx import run_proxy
 from tests.support.pulumi_cli import PulumiWorkspace, requires_cli
 from tests.support.runpod_emulator import RunpodEmulator
-from tests.support.runpod_testing import ENDPOINT_KEY, IMAGE, RUNPOD_KEY
+from tests.support.runpod_testing import ENDPOINT_KEY, RUNPOD_KEY
 from tests.support.vllm_standin import StandinConfig, run_standin
 
 pytest_plugins = ["tests.support.runpod_fixtures"]
@@ -75,15 +75,17 @@ def test_deploy_smoke_test_and_leak_finder_on_a_real_stack(
     assert passphrase_file.stat().st_mode & 0o777 == 0o600
     ws.extra_env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(passphrase_file)
 
-    # Keys set; the pod image not yet: the real engine stops at preview with our message.
+    # Keys set, and a bad value: the real engine stops at preview with our message.
     ws.run("config", "set", "--stack", "runpod", "--secret", "runpodApiKey", stdin=RUNPOD_KEY)
     ws.run("config", "set", "--stack", "runpod", "--secret", "apiKey", stdin=ENDPOINT_KEY)
+    cloud = "llm-endpoint:runpod.cloud"
+    ws.run("config", "set", "--stack", "runpod", "--path", cloud, "PRIVATE")
     code, out = deploy(ws)
     assert code == 1, out
-    assert "runpod.image" in out and "Traceback" not in out, out
+    assert "runpod.cloud" in out and "PRIVATE" in out and "Traceback" not in out, out
     assert emulator.live_pods() == []
 
-    ws.run("config", "set", "--stack", "runpod", "--path", "llm-endpoint:runpod.image", IMAGE)
+    ws.run("config", "set", "--stack", "runpod", "--path", cloud, "SECURE")
     code, out = deploy(ws)
     assert code == 0, out
     assert "deployed." in out

@@ -20,7 +20,7 @@ import requests
 
 from tests.support.pulumi_cli import PulumiWorkspace, requires_cli
 from tests.support.runpod_emulator import DEFAULT_CATALOG, RunpodEmulator
-from tests.support.runpod_testing import ENDPOINT_KEY, IMAGE, NEW_ENDPOINT_KEY, RUNPOD_KEY
+from tests.support.runpod_testing import ENDPOINT_KEY, NEW_ENDPOINT_KEY, RUNPOD_KEY
 
 pytest_plugins = ["tests.support.runpod_fixtures"]
 pytestmark = [requires_cli, pytest.mark.timeout(900)]
@@ -49,7 +49,7 @@ def init_stack(ws: PulumiWorkspace, stack: str = "runpod", **paths: str) -> None
         text = (ws.project / "Pulumi.runpod.yaml").read_text()
         (ws.project / f"Pulumi.{stack}.yaml").write_text(text)
     ws.run("stack", "init", stack)
-    for path, value in {"runpod.image": IMAGE, **paths}.items():
+    for path, value in {"runpod.dataCenterIds[0]": "US-KS-2", **paths}.items():
         ws.run("config", "set", "--stack", stack, "--path", f"llm-endpoint:{path}", value)
     ws.run("config", "set", "--stack", stack, "--secret", "runpodApiKey", stdin=RUNPOD_KEY)
     ws.run("config", "set", "--stack", stack, "--secret", "apiKey", stdin=ENDPOINT_KEY)
@@ -82,7 +82,7 @@ def test_config_set_writes_path_keys_and_encrypted_secrets(ws: PulumiWorkspace):
     # --path set one key inside the object and kept the shipped ones next to it.
     config = ws.run("config", "--json", "--stack", "runpod").json()
     runpod = config["llm-endpoint:runpod"]["objectValue"]
-    assert runpod["image"] == IMAGE
+    assert runpod["dataCenterIds"] == ["US-KS-2"]
     assert runpod["gpuTypeIds"] == ["NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB"]
     assert config["llm-endpoint:apiKey"]["secret"] is True
     assert config["llm-endpoint:runpodApiKey"]["secret"] is True
