@@ -10,7 +10,16 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from tests.support.pulumi_cli import CLI_VERSION, PROJECT_ROOT, cli_bin, requires_cli
+import pytest
+
+from tests.support.pulumi_cli import (
+    CLI_VERSION,
+    PROJECT_ROOT,
+    PulumiError,
+    PulumiWorkspace,
+    cli_bin,
+    requires_cli,
+)
 
 SCRIPT = PROJECT_ROOT / ".ci" / "pulumi-cli.sh"
 
@@ -72,3 +81,32 @@ def test_built_cli_reports_its_version_and_has_every_plugin_it_needs():
         env={**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true", "HOME": "/nonexistent"},
     )
     assert done.stdout.strip() == f"v{CLI_VERSION}"
+
+
+@requires_cli
+def test_a_command_that_leaves_a_process_behind_fails_and_the_process_is_killed(tmp_path: Path):
+    ws = PulumiWorkspace.create(tmp_path)
+    ws.leftover_grace_s = 0.5
+    marker = tmp_path / "sleeper.pid"
+    with pytest.raises(PulumiError, match="left processes behind"):
+        # (Its output goes elsewhere, as a plugin's does: the engine holds those pipes.)
+        ws.run("-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {marker}", argv0=("sh",))
+    assert not _alive(int(marker.read_text()))
+
+
+@requires_cli
+def test_a_command_past_its_deadline_is_killed_with_its_children(tmp_path: Path):
+    ws = PulumiWorkspace.create(tmp_path)
+    marker = tmp_path / "sleeper.pid"
+    with pytest.raises(PulumiError, match="did not finish in 1s"):
+        ws.run("-c", f"sleep 300 & echo $! > {marker}; wait", argv0=("sh",), timeout=1)
+    assert not _alive(int(marker.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie awaiting its parent counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

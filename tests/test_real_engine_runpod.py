@@ -26,6 +26,7 @@ pytest_plugins = ["tests.support.runpod_fixtures"]
 pytestmark = [requires_cli, pytest.mark.timeout(900)]
 
 POD_TYPE = "pulumi-python:dynamic/llm-endpoint:RunpodPod"
+SECRET_TYPE = "pulumi-python:dynamic/llm-endpoint:RunpodSecret"
 SECRETS = (ENDPOINT_KEY, RUNPOD_KEY, NEW_ENDPOINT_KEY)
 A100_PCIE = DEFAULT_CATALOG[0]
 
@@ -93,7 +94,8 @@ def test_preview_up_update_replace_refresh_destroy(ws: PulumiWorkspace, emulator
 
     # preview: the component and one pod to create, nothing made yet.
     ops = plan(ws)
-    assert sorted(ops["create"]) == ["llm-endpoint-runpod", "runpod", "runpod-0"]
+    # The stack, the component, the account secret holding the endpoint key, one pod.
+    assert sorted(ops["create"]) == ["llm-endpoint-runpod", "runpod", "runpod-0", "runpod-api-key"]
     preview = ws.run("preview", "--stack", "runpod").output
     assert "runpod_cost_per_hour" in preview
     assert emulator.live_pods() == []
@@ -112,8 +114,14 @@ def test_preview_up_update_replace_refresh_destroy(ws: PulumiWorkspace, emulator
     export_text = ws.run("stack", "export", "--stack", "runpod").stdout
     assert_no_secret_in(export_text, "pulumi stack export")
     assert_no_secret_in(_state_files_text(ws), "the state directory")
+    resources = ws.stack_export("runpod")["deployment"]["resources"]
     [pod] = pod_resources(ws.stack_export("runpod"))
+    [secret] = [r for r in resources if r["type"] == SECRET_TYPE]
     assert _is_ciphertext(pod["inputs"]["apiKey"]) and _is_ciphertext(pod["outputs"]["apiKey"])
+    assert _is_ciphertext(secret["inputs"]["value"]) and _is_ciphertext(secret["outputs"]["value"])
+    # The key reached RunPod as an account secret, not in the pod's environment.
+    assert [s["value"] for s in emulator.secrets.values()] == [ENDPOINT_KEY]
+    assert ENDPOINT_KEY not in str(emulator.pods[pod_id].body)
 
     # An in-place change (vLLM arguments): the same pod, restarted with the new command.
     ws.run("config", "set", "--stack", "runpod", "maxModelLen", "4096")
@@ -150,6 +158,7 @@ def test_preview_up_update_replace_refresh_destroy(ws: PulumiWorkspace, emulator
     # destroy: every pod gone in the emulator; stack rm removes the stack.
     ws.run("destroy", "--yes", "--stack", "runpod")
     assert emulator.live_pods() == []
+    assert emulator.secrets == {}
     ws.run("stack", "rm", "--yes", "runpod")
     stacks = ws.run("stack", "ls", "--json").json()
     assert [s["name"] for s in stacks] == []

@@ -90,6 +90,10 @@ class PulumiWorkspace:
     extra_env: dict[str, str] = field(default_factory=dict)
     # None: no PULUMI_CONFIG_PASSPHRASE (a new user's machine, or a passphrase file in extra_env).
     passphrase: str | None = PASSPHRASE
+    # False: no PULUMI_BACKEND_URL, so the backend comes from Pulumi.yaml or `pulumi login`.
+    backend_env: bool = True
+    # How long plugins the engine told to stop may take to exit before they count as left over.
+    leftover_grace_s: float = 10.0
 
     @classmethod
     def create(cls, tmp: Path, extra_env: Mapping[str, str] | None = None) -> PulumiWorkspace:
@@ -142,7 +146,7 @@ class PulumiWorkspace:
                 "HOME": str(self.home),
                 # Pulumi expands the `~` of Pulumi.yaml's `file://~/...` from the passwd entry, not
                 # from HOME (docs/facts/pulumi.md, "State backend"): point it here explicitly.
-                "PULUMI_BACKEND_URL": self.state_dir.as_uri(),
+                **({"PULUMI_BACKEND_URL": self.state_dir.as_uri()} if self.backend_env else {}),
                 "PULUMI_HOME": str(self.home / ".pulumi"),
                 # The real user's uv cache: the copy's environment is already in it.
                 "UV_CACHE_DIR": _uv_cache_dir(),
@@ -188,7 +192,12 @@ class PulumiWorkspace:
             raise PulumiError(
                 f"`{' '.join(args)}` did not finish in {timeout:.0f}s\n{out}\n{err}"
             ) from None
-        leftovers = _group_survivors(proc.pid)
+        except BaseException:
+            # pytest-timeout or Ctrl-C interrupted the test: take the engine and its plugins
+            # down with it.
+            _kill_group(proc.pid)
+            raise
+        leftovers = _group_survivors(proc.pid, self.leftover_grace_s)
         result = Result(argv, proc.returncode, out, err)
         if leftovers:
             _kill_group(proc.pid)
@@ -221,7 +230,7 @@ def _uv_cache_dir() -> str:
     return _uv_cache[0]
 
 
-def _group_survivors(pgid: int, grace_s: float = 10.0) -> list[str]:
+def _group_survivors(pgid: int, grace_s: float) -> list[str]:
     """Command lines of processes still in group `pgid` after a grace period (plugins the
     engine told to stop may take a moment to exit)."""
     deadline = time.monotonic() + grace_s
