@@ -250,5 +250,8 @@ def _group_survivors(pgid: int, grace_s: float) -> list[str]:
 
 
 def _kill_group(pgid: int) -> None:
+    """SIGKILL the group, then wait (bounded) until its processes are gone: a kill is delivered
+    asynchronously, and the caller reports or asserts on what is left."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+    _group_survivors(pgid, grace_s=5.0)
