@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 args = sys.argv[1:]
 open(os.environ["FAKE_VLLM_ARGV"], "w").write(json.dumps(args))
 open(os.environ["FAKE_VLLM_ARGV"] + ".pid", "w").write(str(os.getpid()))
+who = {{"uid": os.getuid(), "home": os.environ.get("HOME"), "hf_home": os.environ.get("HF_HOME")}}
+open(os.environ["FAKE_VLLM_ARGV"] + ".who", "w").write(json.dumps(who))
 host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
 key = os.environ["VLLM_API_KEY"]
 class H(BaseHTTPRequestHandler):
@@ -119,6 +122,18 @@ def container_argv(vllm_args: list[str], *, custom_image: bool) -> list[str]:
     return [*entrypoint, *cmd]
 
 
+# Stands in for the stock image's apt-get: records its arguments; `install` links the real nginx
+# onto PATH as the package would, anything else fails the way a broken archive does.
+FAKE_APT = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$1" in
+  update) [ "{mode}" != update-fails ] || {{ echo "E: Failed to fetch archive" >&2; exit 100; }} ;;
+  install) [ "{mode}" = works ] || {{ echo "E: Unable to locate package $6" >&2; exit 100; }}
+           ln -s "{nginx}" "{bin}/nginx" ;;
+esac
+"""
+
+
 def start_pod(
     tmp_path: Path,
     *,
@@ -126,14 +141,25 @@ def start_pod(
     vllm_args: list[str],
     custom_image: bool = True,
     nginx: str | None = None,
+    apt_mode: str | None = None,
+    as_vllm_user: bool = False,
 ) -> Pod:
     """The pod's command with `nginx` (default: the machine's) first on PATH, in front of the
-    fake vLLM."""
+    fake vLLM. `apt_mode` set: the image has no nginx, and a fake apt-get ("works",
+    "install-fails", "update-fails") installs it. `as_vllm_user`: vLLM drops to
+    serving.VLLM_UID as in a pod (needs root; the fake vLLM then lives where that uid can run
+    it); else it keeps the test's uid."""
     nginx_dir = Path(nginx_binary(nginx)).parent
+    if as_vllm_user:
+        if os.geteuid() != 0 or not Path("/usr/bin/python3").exists():
+            pytest.skip("dropping to the vLLM uid needs root and /usr/bin/python3")
+        tmp_path = Path(tempfile.mkdtemp(prefix="llm-endpoint-pod-"))
+        tmp_path.chmod(0o777)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    bin_dir.chmod(0o755)
     fake = bin_dir / "vllm"
-    fake.write_text(FAKE_VLLM.format(python=sys.executable))
+    fake.write_text(FAKE_VLLM.format(python="/usr/bin/python3" if as_vllm_user else sys.executable))
     fake.chmod(0o755)
     conf_dir, state_dir = tmp_path / "etc", tmp_path / "run"
     public = free_port()
@@ -145,13 +171,34 @@ def start_pod(
         listen_address="127.0.0.1",
         upstream_port=internal,
     )
+    path = f"{bin_dir}:{nginx_dir}:/usr/bin:/bin"
+    extra: dict[str, str] = {}
+    if apt_mode is not None:
+        apt = bin_dir / "apt-get"
+        apt.write_text(
+            FAKE_APT.format(
+                log=tmp_path / "apt.log", mode=apt_mode, nginx=nginx_binary(nginx), bin=bin_dir
+            )
+        )
+        apt.chmod(0o755)
+        os_release = tmp_path / "os-release"
+        os_release.write_text("ID=ubuntu\nVERSION_ID=22.04\nVERSION_CODENAME=jammy\n")
+        path = f"{bin_dir}:/usr/bin:/bin"  # no nginx in the image
+        extra["LLM_ENDPOINT_OS_RELEASE"] = str(os_release)
     env = {
-        "PATH": f"{bin_dir}:{nginx_dir}:/usr/bin:/bin",
+        **extra,
+        "PATH": path,
         "LLM_ENDPOINT_BOOTSTRAP_B64": bootstrap.b64(bootstrap.render_bootstrap()),
         "LLM_ENDPOINT_PROXY_CONF_B64": bootstrap.b64(conf),
         "LLM_ENDPOINT_CONF_DIR": str(conf_dir),
         "LLM_ENDPOINT_STATE_DIR": str(state_dir),
         "FAKE_VLLM_ARGV": str(tmp_path / "argv.json"),
+        "LLM_ENDPOINT_VLLM_UID": str(serving.VLLM_UID) if as_vllm_user else str(os.getuid()),
+        **{
+            k: str(tmp_path / "vllm-home" / v.removeprefix(serving.VLLM_HOME).lstrip("/"))
+            for k, v in serving.vllm_container_env().items()
+            if v.startswith(serving.VLLM_HOME)
+        },
         "LLM_ENDPOINT_VLLM_MAX_RESTARTS": "1",
         "LLM_ENDPOINT_VLLM_RESTART_DELAY_S": "0",
     }
@@ -181,6 +228,8 @@ def pods() -> Iterator[list[Pod]]:
             except subprocess.TimeoutExpired:
                 os.killpg(pod.proc.pid, signal.SIGKILL)
                 pod.proc.wait(timeout=10)
+        if pod.conf_dir.parent.name.startswith("llm-endpoint-pod-"):  # made by as_vllm_user
+            shutil.rmtree(pod.conf_dir.parent, ignore_errors=True)
 
 
 def wait_serving(pod: Pod) -> None:
@@ -246,6 +295,56 @@ def test_bootstrap_serves_only_health_and_keyed_v1_through_nginx(
     assert "after 1 restart(s); giving up" in pod.log.read_text()
     with pytest.raises(requests.ConnectionError):
         requests.get(pod.url + "/health", timeout=5)
+
+
+def test_stock_image_without_nginx_installs_the_pinned_release_nginx(tmp_path: Path, pods):
+    if shutil.which("nginx", path="/usr/bin:/bin"):
+        pytest.skip("nginx is on /usr/bin here, so the image cannot be made to lack it")
+    args = SERVING.vllm_args(port=free_port())
+    pod = start_pod(
+        tmp_path, key=ENDPOINT_KEY, vllm_args=args, custom_image=False, apt_mode="works"
+    )
+    pods.append(pod)
+    wait_serving(pod)
+    apt = (tmp_path / "apt.log").read_text()
+    assert "install -y -qq --no-install-recommends nginx=1.18.*" in apt  # jammy's nginx
+    right = {"Authorization": f"Bearer {ENDPOINT_KEY}"}
+    assert requests.get(pod.url + "/v1/models", headers=right, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["install-fails", "update-fails"])
+def test_a_failed_nginx_install_is_a_failed_start_with_the_reason_in_the_log(
+    tmp_path: Path, pods, mode: str
+):
+    if shutil.which("nginx", path="/usr/bin:/bin"):
+        pytest.skip("nginx is on /usr/bin here, so the image cannot be made to lack it")
+    args = SERVING.vllm_args(port=free_port())
+    pod = start_pod(tmp_path, key=ENDPOINT_KEY, vllm_args=args, custom_image=False, apt_mode=mode)
+    pods.append(pod)
+    assert pod.proc.wait(timeout=15) != 0
+    log = pod.log.read_text()
+    assert "could not install nginx" in log or "could not install nginx=1.18.*" in log
+    assert "E: " in log  # apt-get's own reason, in the pod log
+    assert not pod.argv_file.exists()  # vLLM never started without its proxy
+
+
+def test_vllm_runs_as_the_unprivileged_user_with_its_own_home(tmp_path: Path, pods):
+    args = SERVING.vllm_args(port=free_port())
+    pod = start_pod(
+        tmp_path, key=ENDPOINT_KEY, vllm_args=args, custom_image=False, as_vllm_user=True
+    )
+    pods.append(pod)
+    wait_serving(pod)
+    import json
+
+    who = json.loads(Path(str(pod.argv_file) + ".who").read_text())
+    assert who["uid"] == serving.VLLM_UID
+    assert who["home"].endswith("vllm-home") and who["hf_home"].endswith(".cache/huggingface")
+    assert Path(who["hf_home"]).stat().st_uid == serving.VLLM_UID
+    right = {"Authorization": f"Bearer {ENDPOINT_KEY}"}
+    assert requests.get(pod.url + "/v1/models", headers=right, timeout=5).status_code == 200
+    # The key file stays root's: the unprivileged vLLM cannot read nginx's copy of the key.
+    assert (pod.conf_dir / "proxy-auth.conf").stat().st_uid == 0
 
 
 def test_bootstrap_refuses_to_start_without_a_key(tmp_path: Path, pods):

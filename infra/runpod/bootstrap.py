@@ -70,6 +70,7 @@ def render_bootstrap() -> str:
         auth_include_sh=proxy_config.AUTH_INCLUDE_SH,
         vllm_max_restarts=VLLM_MAX_RESTARTS,
         min_nginx_minor=MIN_NGINX_MINOR,
+        vllm_uid=serving.VLLM_UID,
     )
 
 

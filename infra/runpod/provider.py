@@ -35,12 +35,12 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from infra.runpod import bootstrap, journal
+from infra.runpod import bootstrap, host_threads, journal
 from infra.runpod.account_secrets import reference
 from infra.runpod.bodies import PodSpec
 from infra.runpod.errors import RunpodError
 from infra.runpod.inputs import input_failures
-from infra.runpod.lifecycle import PodLifecycle, ReadyPod
+from infra.runpod.lifecycle import POLL_INTERVAL_S, PodLifecycle, ReadyPod
 from infra.runpod.probes import HealthCheck, KeyCheck, http_health, http_models
 from infra.runpod.provider_base import (
     PROVIDER_KEY,
@@ -102,10 +102,12 @@ class RunpodPodProvider(RunpodProviderBase):
         sleep: Callable[[float], None] = time.sleep,
         health: HealthCheck = http_health,
         models: KeyCheck = http_models,
+        poll_interval_s: float = POLL_INTERVAL_S,
     ) -> None:
         super().__init__(now, sleep)
         self.health = health
         self.models = models
+        self.poll_interval_s = poll_interval_s
 
     @contextmanager
     def _session(self, props: Mapping[str, Any]) -> Iterator[PodLifecycle]:
@@ -118,6 +120,7 @@ class RunpodPodProvider(RunpodProviderBase):
                 sleep=self.sleep,
                 health=self.health,
                 models=getattr(self, "models", http_models),  # providers pickled before it
+                poll_interval_s=getattr(self, "poll_interval_s", POLL_INTERVAL_S),
                 secrets=values,
             )
 
@@ -202,6 +205,7 @@ class RunpodPodProvider(RunpodProviderBase):
         # A fresh name per create: after a lost answer the pod is looked up by this name, and a
         # replacement (created before the old pod is deleted) must not find the old one.
         pod_name = f"{plain(props['name'])}-{secrets.token_hex(4)}"
+        host_threads.widen_host_pool()  # the other pods' creates must not queue behind this one
         with self._session(props) as lifecycle:
             self._recover(lifecycle, props)
             entry = journal.record(pod_name)  # before the POST: a SIGKILL from here on is found
@@ -254,6 +258,7 @@ class RunpodPodProvider(RunpodProviderBase):
         return ReadResult(id_, outs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        host_threads.widen_host_pool()  # an update waits for readiness too
         with self._session(news) as lifecycle:
             self._recover(lifecycle, news)
         old, new = _inputs(olds), _inputs(news)

@@ -140,6 +140,7 @@ class Faults:
     # timeout had fired: a stalled API.
     stall_s: float = 0.0
     always_429: bool = False  # every API request is rate-limited
+    stall_methods: frozenset[str] = frozenset({"GET", "POST", "PATCH", "DELETE"})  # ... of these
 
 
 @dataclass
@@ -512,10 +513,10 @@ class RunpodEmulator:
         with self._lock:
             self.requests.append((request.method, request.path, body))
             self.timeline.append((self.clock.now(), request.method, request.path))
-        if self.faults.stall_s:
+        if self.faults.stall_s and request.method in self.faults.stall_methods:
             self.clock.sleep(self.faults.stall_s)
             return self._problem(504, "upstream timed out")
-        if self.faults.always_429:
+        if self.faults.always_429 and request.method in self.faults.stall_methods:
             return self._problem(429, "rate limited", Retry_After=str(self.faults.retry_after_s))
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._problem(401, "missing or invalid bearer token")
