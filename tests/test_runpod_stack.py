@@ -178,3 +178,19 @@ def test_runpod_config_accepts_a_pod_image_built_for_this_vllm():
     digest = "ghcr.io/acme/llm-endpoint-vllm@sha256:" + "a" * 64
     assert config.parse({"runpod": {"image": digest}}).runpod.image == digest  # type: ignore[union-attr]
     assert cfg.runpod.volume_gb == 40
+
+
+@stack_test(stack="runpod")
+async def test_an_hf_token_becomes_its_own_account_secret_referenced_by_the_pods(monkeypatch):
+    _with_pod_outputs(monkeypatch)
+    token = "hf_" + "x" * 34
+    config, secret_keys = stack_config(
+        "runpod", secrets={"runpodApiKey": RUNPOD_KEY, "hfToken": token}
+    )
+    _, mocks = await run_program(config, secret_keys)
+    secrets = {s.inputs["name"]: s for s in mocks.of_type(SECRET_TYPE)}
+    assert set(secrets) == {"llm-endpoint-runpod-api-key", "llm-endpoint-runpod-hf-token"}
+    assert rpc.unwrap_rpc_secret(secrets["llm-endpoint-runpod-hf-token"].inputs["value"]) == token
+    (pod,) = mocks.of_type(POD_TYPE)
+    assert pod.inputs["hfTokenSecret"] == "llm-endpoint-runpod-hf-token"
+    assert token not in repr(pod.inputs)  # the pod gets the name, never the token

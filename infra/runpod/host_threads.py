@@ -34,9 +34,16 @@ _lock = threading.Lock()
 
 def _pool_of_this_thread() -> ThreadPoolExecutor | None:
     me = threading.current_thread()
+    # The host's pool names its workers this way (no thread_name_prefix); any other thread
+    # (a test, the mocks' runtime) is not a pool worker: skip the heap scan.
+    if not me.name.startswith("ThreadPoolExecutor-"):
+        return None
     for obj in gc.get_objects():
-        if isinstance(obj, ThreadPoolExecutor) and me in getattr(obj, "_threads", ()):
-            return obj
+        try:
+            if isinstance(obj, ThreadPoolExecutor) and me in getattr(obj, "_threads", ()):
+                return obj
+        except ReferenceError:  # a dead weak proxy among the heap's objects
+            continue
     return None
 
 
