@@ -134,6 +134,10 @@ class GcpConfig(_Model):
     max_surge: int = Field(default=0, ge=0, le=gcp_catalog.MAX_REPLICAS, examples=[0])
     idle_min_replicas: int = Field(default=0, ge=0, examples=[0])
     gpu_quota: int | None = Field(default=None, ge=0, examples=[8])
+    # HTTPS on the endpoint with the stack's own CA; false serves plain HTTP (asked for only).
+    tls: bool = Field(default=True, examples=[True])
+    # `pulumi up` returns only once the VM reports it serves what was declared (or fails).
+    wait_for_serving: bool = Field(default=True, examples=[True])
 
     @model_validator(mode="before")
     @classmethod

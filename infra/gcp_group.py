@@ -173,7 +173,6 @@ def _template(
         ),
         tags=[parts.tag],
         labels=parts.labels,
-        metadata_startup_script=runtime.startup_script,
         metadata=runtime.metadata,
         opts=pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(depends_on=runtime.depends_on)

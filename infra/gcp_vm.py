@@ -12,7 +12,14 @@ import pulumi_gcp as gcp
 
 from infra import gcp_catalog, gcp_group, names, pricing, serving
 from infra.config import GcpConfig, StackConfig
-from infra.vm_runtime import VmRuntime, base_name, declare_vm_runtime, stack_labels
+from infra.serving_wait import ServingWait
+from infra.vm_runtime import (
+    WATCHDOG_SLACK_S,
+    VmRuntime,
+    base_name,
+    declare_vm_runtime,
+    stack_labels,
+)
 
 # IAM and Resource Manager serve the service account and the project-level grant; a fresh
 # project may have none of these on.
@@ -31,12 +38,14 @@ _WORLD = ("0.0.0.0/0", "::/0")
 
 
 class GcpVllmVm(pulumi.ComponentResource):
-    """Provider, APIs, the shared VM runtime (service account, secrets, startup script), the
-    firewall rules, and either the VM itself with a static IP or, in group mode, the group."""
+    """Provider, APIs, the shared VM runtime (infra/vm_runtime.py: service account, secrets,
+    TLS, the runtime as metadata), the firewall rules, and either the VM itself with a static
+    IP and a wait until it serves, or, in group mode, the group."""
 
     endpoint: pulumi.Output[str]
     ip: pulumi.Output[str]
     instance_name: pulumi.Output[str]
+    ca_cert_pem: pulumi.Output[str] | None = None
 
     def __init__(
         self,
@@ -68,15 +77,14 @@ class GcpVllmVm(pulumi.ComponentResource):
             for api in _REQUIRED_APIS
         ]
         after_apis = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=apis))
-        runtime = declare_vm_runtime(name, cfg, api_key, opts=after_apis)
         tag = names.slug(base, "vllm")
         declare_firewall(name, g, tag, after_apis)
         self.model = cfg.serving_for(g.shape.gpus).served_model_name
         self.replicas = g.replicas
         if g.group_mode:
-            self._group(name, cfg, runtime, tag, after_apis)
+            self._group(name, cfg, api_key, tag, after_apis)
         else:
-            self._vm(name, cfg, runtime, tag, after_apis)
+            self._vm(name, cfg, api_key, tag, after_apis)
         self.register_outputs(
             {
                 "endpoint": self.endpoint,
@@ -90,35 +98,63 @@ class GcpVllmVm(pulumi.ComponentResource):
         self,
         name: str,
         cfg: StackConfig,
-        runtime: VmRuntime,
+        api_key: pulumi.Output[str],
         tag: str,
         opts: pulumi.ResourceOptions,
     ) -> None:
         assert cfg.gcp is not None
         g = cfg.gcp
-        base = base_name()
         address = gcp.compute.Address(
             f"{name}-ip",
-            name=names.slug(base, "ip"),
+            name=names.slug(base_name(), "ip"),
             region=g.region,
             address_type="EXTERNAL",
             labels=stack_labels(g),
             opts=opts,
         )
-        instance = gcp.compute.Instance(
+        tls_ip = address.address if g.tls else None
+        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=tls_ip)
+        instance = self._instance(name, g, tag, address, runtime, opts)
+        waited: list[pulumi.Resource] = [instance]
+        if g.wait_for_serving:
+            waited = [
+                ServingWait(
+                    f"{name}-serving",
+                    project=g.project,
+                    zone=g.zone,
+                    instance=instance.name,
+                    document=runtime.runtime_digest,
+                    deadline_s=g.ready_timeout_minutes * 60 + WATCHDOG_SLACK_S,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[instance]),
+                )
+            ]
+        estimate = pricing.gcp_vm_estimate(g.machine_type, g.shape.gpus, g.spot)
+        self.ca_cert_pem = runtime.ca_cert_pem
+        self._set_endpoint(address.address, g, estimate, tls=g.tls, waited=waited)
+        self.instance_name = instance.name
+
+    def _instance(
+        self,
+        name: str,
+        g: GcpConfig,
+        tag: str,
+        address: gcp.compute.Address,
+        runtime: VmRuntime,
+        opts: pulumi.ResourceOptions,
+    ) -> gcp.compute.Instance:
+        return gcp.compute.Instance(
             f"{name}-vm",
-            name=names.slug(base, "vm"),
+            name=names.slug(base_name(), "vm"),
             zone=g.zone,
             machine_type=g.machine_type,
             # No guest_accelerators: A2 machine types come with their A100s attached
-            # (docs/facts/gcp.md, "GPUs come with A2 shapes"), and a second declaration could only
+            # (docs/facts/gcp.md, "GPUs come with A2 shapes"); a second declaration could only
             # contradict them.
+            # The boot disk holds the image and both caches: kept across reboots.
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=g.boot_image,
-                    size=g.boot_disk_size_gb,
-                    type=g.boot_disk_type,
+                    image=g.boot_image, size=g.boot_disk_size_gb, type=g.boot_disk_type
                 ),
             ),
             network_interfaces=[
@@ -136,38 +172,42 @@ class GcpVllmVm(pulumi.ComponentResource):
             shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(**shielded(g)),
             tags=[tag],
             labels=vm_labels(g, self.model),
-            # metadata_startup_script, not metadata["startup-script"], on purpose: GCE runs the
-            # script only at boot, so an in-place metadata update would leave the old model or
-            # settings serving while `pulumi up` reports success. Replacing the VM guarantees the
-            # running endpoint matches the stack, at the price of a fresh boot (the static IP,
-            # secrets and firewall stay). docs/facts/gcp.md ("Startup script changes in
-            # pulumi-gcp") notes the difference.
-            metadata_startup_script=runtime.startup_script,
+            # Everything the VM runs is plain metadata, which pulumi-gcp updates in place
+            # (docs/facts/pulumi.md, "Instance metadata"): a change of model, arguments, limits,
+            # idle or deadline settings, or keys reaches the running VM's agent, which applies it
+            # without a new VM, disk, image pull or weights download. No
+            # metadata_startup_script: that one replaces the VM on any change.
             metadata=runtime.metadata,
             allow_stopping_for_update=True,
             opts=pulumi.ResourceOptions.merge(
                 opts,
                 pulumi.ResourceOptions(
                     depends_on=runtime.depends_on,
-                    # The replacement needs the static IP and the GPU quota the old VM holds.
+                    # What still replaces the VM (machine type, image, disk, zone) needs the
+                    # static IP and the GPU quota the old VM holds.
                     delete_before_replace=True,
                 ),
             ),
         )
-        estimate = pricing.gcp_vm_estimate(g.machine_type, g.shape.gpus, g.spot)
-        self._set_endpoint(address.address, g, estimate)
-        self.instance_name = instance.name
 
     def _group(
         self,
         name: str,
         cfg: StackConfig,
-        runtime: VmRuntime,
+        api_key: pulumi.Output[str],
         tag: str,
         opts: pulumi.ResourceOptions,
     ) -> None:
         assert cfg.gcp is not None
         g = cfg.gcp
+        # The balancer's address is made inside the group; a certificate for it is issue 13's
+        # follow-up. Until then replicas serve plain HTTP, and preview says so.
+        if g.tls:
+            pulumi.log.warn(
+                "llm-endpoint:gcp.replicas >= 2 serves plain HTTP on port 8000 for now (TLS "
+                "is implemented for the single VM only); set gcp.tls: false to acknowledge."
+            )
+        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=None)
         group = gcp_group.declare_group(
             name,
             g,
@@ -191,21 +231,33 @@ class GcpVllmVm(pulumi.ComponentResource):
             description="Google's health checkers (the load balancer's and autohealing's)",
         )
         estimate = pricing.gcp_group_estimate(g.machine_type, g.shape.gpus, g.spot, g.replicas)
-        self._set_endpoint(group.ip, g, estimate)
+        self._set_endpoint(group.ip, g, estimate, tls=False, waited=[])
         self.instance_name = group.group_name
         self.serving_replica = group.serving_replica
 
     def _set_endpoint(
-        self, ip: pulumi.Output[str], g: GcpConfig, estimate: pricing.HourlyEstimate
+        self,
+        ip: pulumi.Output[str],
+        g: GcpConfig,
+        estimate: pricing.HourlyEstimate,
+        *,
+        tls: bool,
+        waited: list[pulumi.Resource],
     ) -> None:
+        """The endpoint is an output only once the wait (if any) is over: nothing downstream
+        uses it before the VM serves."""
+        scheme = "https" if tls else "http"
+        ready = pulumi.Output.all(*[r.urn for r in waited])
         self.ip = ip
-        self.endpoint = ip.apply(lambda v: f"http://{v}:{serving.PUBLIC_PORT}")
+        self.endpoint = pulumi.Output.all(ip, ready).apply(
+            lambda v: f"{scheme}://{v[0]}:{serving.PUBLIC_PORT}"
+        )
         self.estimated_cost = estimate.describe()
         self.estimated_usd_per_hour = estimate.usd_per_hour
         wait_seconds = g.ready_timeout_minutes * 60
         model, stack = self.model, pulumi.get_stack()
-        self.smoke_test_command = ip.apply(
-            lambda v: smoke_test_command(v, model, wait_seconds, stack)
+        self.smoke_test_command = self.endpoint.apply(
+            lambda url: smoke_test_command(url, model, wait_seconds, stack, tls)
         )
 
 
@@ -308,14 +360,23 @@ def firewall_rule(
         )
 
 
-def smoke_test_command(ip: str, model: str, wait_seconds: int, stack: str) -> str:
+CA_FILE = "llm-endpoint-ca.pem"
+
+
+def smoke_test_command(
+    endpoint: str, model: str, wait_seconds: int, stack: str, tls: bool = True
+) -> str:
     """The command README and the stack output give, run from the project directory: the key
-    comes from the stack's state through the environment, never on the command line; `uv run`
-    brings the project's Python and its dependencies; `--wait` is the VM's own ready deadline,
-    so the smoke test does not give up on a boot the VM still waits for."""
-    key = f"pulumi stack output api_key --show-secrets --stack {shlex.quote(stack)}"
+    comes from the stack's state through the environment, never on the command line; with TLS
+    the stack's CA is written to a file first and passed as --ca-file; `uv run` brings the
+    project's Python and its dependencies; `--wait` is the VM's own ready deadline, so the smoke
+    test does not give up on a start the VM still waits for."""
+    s = shlex.quote(stack)
+    ca = f"pulumi stack output ca_cert --stack {s} > {CA_FILE} && " if tls else ""
+    ca_arg = f" --ca-file {CA_FILE}" if tls else ""
+    key = f"pulumi stack output api_key --show-secrets --stack {s}"
     return (
-        f'VLLM_API_KEY="$({key})" '
-        f"uv run python -m scripts.smoke_test {shlex.quote(ip)} --model {shlex.quote(model)} "
-        f"--wait {wait_seconds}"
+        f'{ca}VLLM_API_KEY="$({key})" '
+        f"uv run python -m scripts.smoke_test {shlex.quote(endpoint)}{ca_arg} "
+        f"--model {shlex.quote(model)} --wait {wait_seconds}"
     )

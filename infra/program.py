@@ -36,6 +36,8 @@ def run() -> dict[str, Any]:
             outputs["replicas"] = vm.replicas
             # The replica that served first through the balancer, once `pulumi up` waited.
             outputs["serving_replica"] = vm.serving_replica
+        if vm.ca_cert_pem is not None:
+            outputs["ca_cert"] = vm.ca_cert_pem  # public: clients pin it (--ca-file)
 
     # RunPod pods (issue 5)
     if cfg.runpod is not None:

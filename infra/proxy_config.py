@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -57,6 +58,15 @@ HEALTH_ONLY_RANGES = gcp_catalog.HEALTH_CHECK_RANGES
 REPLICA_HEADER = "X-LLM-Endpoint-Replica"
 DEFAULT_UPSTREAM = f"127.0.0.1:{VLLM_INTERNAL_PORT}"
 AUTHORIZED_VARIABLE = "$llm_endpoint_authorized"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where nginx finds the server certificate (with the CA after it) and its key."""
+
+    cert: str
+    key: str
+
 
 _TEMPLATES = Path(__file__).resolve().parent.parent / "startup"
 _env = jinja2.Environment(
@@ -87,11 +97,16 @@ def render_proxy_config(
     access_log: str = "/dev/stdout",
     error_log: str = "stderr",
     health_only_ranges: tuple[str, ...] = HEALTH_ONLY_RANGES,
+    tls: TlsFiles | None = None,
+    upstream_authorization: bool = False,
 ) -> str:
     """The proxy's `nginx.conf` (no secret in it). See the module docstring for the contract.
 
     Clients in `health_only_ranges` (Google's health checkers, by default) get `/health` and
-    nothing else, even with the key; tests pass their own loopback address.
+    nothing else, even with the key; tests pass their own loopback address. `tls` makes it
+    serve HTTPS with that certificate and key (paths). `upstream_authorization` sends vLLM
+    `$llm_endpoint_upstream_authorization` (defined by the VM agent's auth include) instead of
+    the client's Authorization header.
 
     `listen_address` None listens on every IPv4 address (the VM and pods: the firewall decides
     who reaches it); tests pass 127.0.0.1. `upstream` is vLLM's `host:port`. `access_log` and
@@ -102,7 +117,9 @@ def render_proxy_config(
         raise ValueError(f"listen_address {listen_address!r} is not an IPv4 or [IPv6] address")
     if not _UPSTREAM.fullmatch(upstream):
         raise ValueError(f"upstream {upstream!r} is not host:port (e.g. {DEFAULT_UPSTREAM})")
+    tls_paths = (("tls.cert", tls.cert), ("tls.key", tls.key)) if tls else ()
     for name, value, pattern in (
+        *((n, v, _SAFE_PATH) for n, v in tls_paths),
         ("auth_include", auth_include, _SAFE_PATH),
         ("temp_dir", temp_dir, _SAFE_PATH),
         ("access_log", access_log, _LOG_TARGET),
@@ -125,6 +142,8 @@ def render_proxy_config(
         temp_dir=temp_dir.rstrip("/") or "/",
         access_log=access_log,
         error_log=error_log,
+        tls=tls,
+        upstream_authorization=upstream_authorization,
     )
 
 

@@ -20,6 +20,7 @@ from tests.support.pulumi_harness import (
     stack_test,
     value,
 )
+from vm_agent.runtime_doc import RUNTIME_KEY, parse
 
 TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
 GROUP = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
@@ -55,6 +56,16 @@ TODAYS_DEV_STACK = sorted(
         ("gcp:compute/firewall:Firewall", "gcp-deny-tcp22-8000"),
         ("gcp:compute/firewall:Firewall", "gcp-deny-tcp22-8000-v6"),
         ("gcp:compute/instance:Instance", "gcp-vm"),
+        # Added by the VM runtime (issue 12): TLS, its key in Secret Manager, the serving wait.
+        ("tls:index/privateKey:PrivateKey", "gcp-ca-key"),
+        ("tls:index/selfSignedCert:SelfSignedCert", "gcp-ca"),
+        ("tls:index/privateKey:PrivateKey", "gcp-server-key"),
+        ("tls:index/certRequest:CertRequest", "gcp-server-csr"),
+        ("tls:index/locallySignedCert:LocallySignedCert", "gcp-server-cert"),
+        ("gcp:secretmanager/secret:Secret", "gcp-tls-key"),
+        ("gcp:secretmanager/secretVersion:SecretVersion", "gcp-tls-key-version"),
+        ("gcp:secretmanager/secretIamMember:SecretIamMember", "gcp-tls-key-accessor"),
+        ("pulumi-python:dynamic:Resource", "gcp-serving"),
     ]
 )
 
@@ -62,7 +73,9 @@ TODAYS_DEV_STACK = sorted(
 def group_stack(**gcp: Any) -> tuple[dict[str, str], list[str]]:
     """The dev stack as a group: the region instead of a pinned zone."""
     config, secret_keys = stack_config(
-        "dev", {"gcp": {"replicas": 2, "region": "us-central1", **gcp}}
+        # tls false: replicas serve plain HTTP for now (TLS for the balancer's IP is to come).
+        "dev",
+        {"gcp": {"replicas": 2, "region": "us-central1", "tls": False, **gcp}},
     )
     doc = json.loads(config["llm-endpoint:gcp"])
     doc.pop("zone")
@@ -95,15 +108,19 @@ async def test_two_replicas_declare_template_group_checks_and_balancer() -> None
     backend = mocks.one(BACKEND).inputs
     rule = mocks.one(FORWARDING_RULE).inputs
 
-    # The template carries the single VM's runtime: script, account, scopes, tag, scheduling.
+    # The template carries the single VM's runtime: metadata, account, scopes, tag, scheduling.
     assert template["machineType"] == "a2-highgpu-1g"
     assert template["disks"][0]["sourceImage"].endswith(
         "ubuntu-accelerator-2404-amd64-with-nvidia-580"
     )
     assert template["disks"][0]["boot"] is True
-    script = template["metadataStartupScript"]
-    assert "llm-dev-api-key" in script and serving.VLLM_IMAGE in script
-    assert "llm-endpoint-leave-group" in script
+    assert "metadataStartupScript" not in template
+    doc = parse(template["metadata"][RUNTIME_KEY])
+    assert "/secrets/gcp-api-key-version/versions/" in doc.secrets.api_key
+    assert doc.vllm.image == serving.VLLM_IMAGE
+    assert doc.stop_command == ["/usr/local/sbin/llm-endpoint-leave-group"]
+    assert doc.watch_after_ready is False
+    assert "llm-endpoint-leave-group" in template["metadata"]["user-data"]
     assert template["serviceAccount"]["scopes"] == [
         "https://www.googleapis.com/auth/cloud-platform"
     ]

@@ -23,6 +23,7 @@ from tests.support.pulumi_harness import (
     stack_test,
     value,
 )
+from vm_agent.runtime_doc import RUNTIME_KEY, Runtime, parse
 
 USER_KEY = "user-supplied-key-0123456789-abcdefghijklmnop"
 HF_TOKEN = "hf_secretTOKENvalue0123456789abcdef"
@@ -45,6 +46,10 @@ def firewall_rules(mocks: RecordingMocks, port: str) -> list[dict[str, Any]]:
 
 def deny_rules(mocks: RecordingMocks) -> list[dict[str, Any]]:
     return [r.inputs for r in mocks.of_type(FIREWALL) if "denies" in r.inputs]
+
+
+def runtime_document(vm: dict[str, Any]) -> Runtime:
+    return parse(vm["metadata"][RUNTIME_KEY])
 
 
 def plain(v: Any) -> Any:
@@ -84,14 +89,17 @@ async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> N
         ("roles/logging.logWriter", sa_member)
     ]
     secrets = mocks.of_type(SECRET)
-    assert [s.inputs["secretId"] for s in secrets] == ["llm-dev-api-key"]
+    assert [s.inputs["secretId"] for s in secrets] == ["llm-dev-api-key", "llm-dev-tls-key"]
     accessors = [r.inputs for r in mocks.of_type(SECRET_ACCESSOR)]
     assert [(a["secretId"], a["role"], a["member"]) for a in accessors] == [
-        ("llm-dev-api-key", "roles/secretmanager.secretAccessor", sa_member)
+        ("llm-dev-api-key", "roles/secretmanager.secretAccessor", sa_member),
+        ("llm-dev-tls-key", "roles/secretmanager.secretAccessor", sa_member),
     ]
-    version = mocks.one(SECRET_VERSION).inputs
-    assert rpc.is_rpc_secret(version["secretData"])
-    assert plain(version["secretData"]) == MOCK_GENERATED_KEY
+    api_version, tls_version = (r.inputs for r in mocks.of_type(SECRET_VERSION))
+    assert rpc.is_rpc_secret(api_version["secretData"])
+    assert plain(api_version["secretData"]) == MOCK_GENERATED_KEY
+    assert rpc.is_rpc_secret(tls_version["secretData"])
+    assert "PRIVATE KEY" in plain(tls_version["secretData"])
 
     address = mocks.one("gcp:compute/address:Address").inputs
     assert (address["region"], address["addressType"]) == ("us-central1", "EXTERNAL")
@@ -141,24 +149,31 @@ async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> N
     assert vm["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == MOCK_IP
     assert vm["serviceAccount"]["email"] == sa_member.removeprefix("serviceAccount:")
     assert vm["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
-    # Replace-on-change field, deliberately (see infra/gcp_vm.py), and only there.
-    assert "llm-dev-api-key" in vm["metadataStartupScript"]
-    assert serving.VLLM_IMAGE in vm["metadataStartupScript"]
+    # The runtime is plain metadata (updated in place); nothing replace-on-change carries it.
+    assert "metadataStartupScript" not in vm
     assert "startup-script" not in vm["metadata"]
+    doc = runtime_document(vm)
+    assert doc.vllm.image == serving.VLLM_IMAGE
+    assert doc.secrets.api_key.startswith("projects/123/secrets/gcp-api-key-version/versions/")
+    assert doc.secrets.tls_key == "projects/123/secrets/gcp-tls-key-version/versions/1"
+    assert vm["metadata"]["enable-guest-attributes"] == "TRUE"
+    assert vm["metadata"]["user-data"].startswith("#cloud-config\n")
 
-    assert await value(outputs["endpoint"]) == f"http://{MOCK_IP}:8000"
+    assert await value(outputs["endpoint"]) == f"https://{MOCK_IP}:8000"
+    assert "BEGIN CERTIFICATE" in await value(outputs["ca_cert"])
     assert await value(outputs["ip"]) == MOCK_IP
     assert await value(outputs["model"]) == "Qwen/Qwen2.5-7B-Instruct"
     assert await is_secret(outputs["api_key"])
     assert await value(outputs["api_key"]) == MOCK_GENERATED_KEY
     command = await value(outputs["smoke_test_command"])
     # As it runs in the user's shell, from the project directory (README, Quick start).
-    assert command.endswith(
-        f"uv run python -m scripts.smoke_test {MOCK_IP} --model Qwen/Qwen2.5-7B-Instruct "
-        "--wait 2700"
-    )
     assert command.startswith(
+        "pulumi stack output ca_cert --stack dev > llm-endpoint-ca.pem && "
         'VLLM_API_KEY="$(pulumi stack output api_key --show-secrets --stack dev)" '
+    )
+    assert command.endswith(
+        f"uv run python -m scripts.smoke_test https://{MOCK_IP}:8000 "
+        "--ca-file llm-endpoint-ca.pem --model Qwen/Qwen2.5-7B-Instruct --wait 2700"
     )
     assert MOCK_GENERATED_KEY not in command
     assert await value(outputs["estimated_usd_per_hour"]) == 3.673
@@ -244,16 +259,17 @@ async def test_hf_token_and_user_key_are_secrets_kept_out_of_metadata_and_script
     assert sorted(s.inputs["secretId"] for s in mocks.of_type(SECRET)) == [
         "llm-dev-api-key",
         "llm-dev-hf-token",
+        "llm-dev-tls-key",
     ]
     versions = [r.inputs["secretData"] for r in mocks.of_type(SECRET_VERSION)]
     assert all(rpc.is_rpc_secret(v) for v in versions)
-    assert sorted(plain(v) for v in versions) == sorted([USER_KEY, HF_TOKEN])
-    assert len(mocks.of_type(SECRET_ACCESSOR)) == 2
+    assert sorted(plain(v) for v in versions)[-2:] == sorted([USER_KEY, HF_TOKEN])
+    assert len(mocks.of_type(SECRET_ACCESSOR)) == 3
 
     vm = mocks.one(INSTANCE).inputs
-    assert "llm-dev-hf-token" in vm["metadataStartupScript"]
-    for secret in (USER_KEY, HF_TOKEN):
-        assert secret not in vm["metadataStartupScript"]
+    assert runtime_document(vm).secrets.hf_token is not None
+    tls_key = plain(mocks.of_type(SECRET_VERSION)[-1].inputs["secretData"])
+    for secret in (USER_KEY, HF_TOKEN, tls_key):
         assert secret not in json.dumps(vm["metadata"])
         assert secret not in everything_but_secret_versions(mocks)
         assert secret not in await value(outputs["smoke_test_command"])
@@ -276,9 +292,10 @@ async def test_bigger_shape_and_custom_model_flow_into_the_vm() -> None:
     vm = mocks.one(INSTANCE).inputs
     assert vm["machineType"] == "a2-ultragpu-2g"
     assert "guestAccelerators" not in vm
-    script = vm["metadataStartupScript"]
-    assert "Qwen/Qwen2.5-14B-Instruct" in script
-    assert "qwen14" in script
+    doc = runtime_document(vm)
+    assert doc.vllm.args[0] == "Qwen/Qwen2.5-14B-Instruct"
+    assert doc.vllm.served_model_name == "qwen14"
+    assert "--tensor-parallel-size 2" in " ".join(doc.vllm.args)
     assert await value(outputs["model"]) == "qwen14"
     assert await value(outputs["estimated_usd_per_hour"]) == pytest.approx(2 * 5.069)
 

@@ -269,7 +269,10 @@ def test_bootstrap_serves_only_health_and_keyed_v1_through_nginx(
     right = {"Authorization": f"Bearer {ENDPOINT_KEY}"}
     ok = requests.get(pod.url + "/v1/models", headers=right, timeout=5)
     assert ok.status_code == 200 and ok.text == "vllm /v1/models"
-    for open_in_vllm in ("/metrics", "/invocations", "/tokenize", "/version"):
+    metrics = requests.get(pod.url + "/metrics", headers=right, timeout=5)
+    assert metrics.status_code == 200 and metrics.text == "vllm /metrics"  # key holders only
+    assert requests.get(pod.url + "/metrics", timeout=5).status_code == 401
+    for open_in_vllm in ("/metrics/", "/invocations", "/tokenize", "/version"):
         blocked = requests.get(pod.url + open_in_vllm, headers=right, timeout=5)
         assert blocked.status_code in (403, 404), open_in_vllm
         assert "vllm" not in blocked.text

@@ -395,3 +395,37 @@ def test_python_dash_m_usage_error_and_unreachable():
     unreachable = _run_module(["127.0.0.1", "--port", str(port)], KEY)
     assert unreachable.returncode == 3
     assert "connection refused" in unreachable.stdout
+
+
+def test_stack_https_endpoint_is_verified_with_the_stacks_ca(smoke, tmp_path):
+    """The VM serves HTTPS with the stack's own CA: --stack reads `ca_cert` and verifies with
+    it (real nginx with TLS in front of the stand-in), no --ca-file needed."""
+    from infra.proxy_config import render_auth_include
+    from tests.support.nginx import run_proxy
+    from tests.test_proxy_metrics_tls import make_pki
+
+    (tmp_path / "pki").mkdir()
+    ca, tls = make_pki(tmp_path / "pki", ["127.0.0.1"])
+    with (
+        run_standin(StandinConfig.deployed(api_key=KEY)) as vllm,
+        run_proxy(
+            upstream=f"127.0.0.1:{vllm.port}", auth_include_text=render_auth_include(KEY), tls=tls
+        ) as proxy,
+    ):
+        url = f"https://127.0.0.1:{proxy.port}"
+        outputs = {"endpoint": url, "model": DEFAULT_MODEL, "api_key": KEY}
+        without_ca = smoke(["--stack", "dev"], make_deps(env=fake_pulumi(tmp_path, outputs)))
+        (tmp_path / "bin").rename(tmp_path / "bin-old")
+        outputs["ca_cert"] = ca.read_text()
+        run = smoke(["--stack", "dev"], make_deps(env=fake_pulumi(tmp_path, outputs)))
+    assert without_ca.code != 0 and "--ca-file" in without_ca.out
+    assert run.code == 0, run.out
+
+
+def test_stack_ca_is_only_for_the_vm_endpoint() -> None:
+    from scripts.smoke_test.stack import select_endpoint
+
+    outputs = {"endpoint": "https://203.0.113.10:8000", "ca_cert": "PEM",
+               "runpod_endpoints": ["https://p-8000.proxy.runpod.net"]}  # fmt: skip
+    assert select_endpoint(outputs, "s", 0).ca_cert == "PEM"
+    assert select_endpoint(outputs, "s", 1).ca_cert is None

@@ -30,11 +30,12 @@ def test_proxy_makes_an_open_vllm_pass(smoke):
     assert report["checks"][2]["data"] == {"without_key": 401, "wrong_key": 401}
     assert report["checks"][3]["data"] == {
         "/invocations": "403",
-        "/metrics": "403",
+        "/metrics": "401",  # for key holders only
         "/tokenize": "403",
     }
     # The proxy refused them itself: they never reached vLLM.
-    assert not reached_vllm & PROXY_BLOCKED_PATHS
+    assert not reached_vllm & PROXY_BLOCKED_PATHS - {"/metrics"}
+    assert "/metrics" not in reached_vllm  # asked without the key
     assert {"/health", "/v1/models", "/v1/completions", "/v1/chat/completions"} <= reached_vllm
     # Unbuffered: the first token arrived long before the ~0.45 s stream was over.
     stream = report["checks"][6]

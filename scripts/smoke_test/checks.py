@@ -12,6 +12,8 @@ from typing import Any
 
 import requests
 
+from infra import serving
+from scripts.smoke_test import hints
 from scripts.smoke_test.results import CheckResult, Status, timed
 from scripts.smoke_test.target import Target
 from scripts.smoke_test.transport import (
@@ -162,9 +164,8 @@ def check_auth(ep: Endpoint) -> CheckResult:
             t.elapsed,
             detail + " (expected 401): the API answers without a valid key",
             "Anyone who can reach this port can use the GPU. vLLM must run with VLLM_API_KEY "
-            "set (the startup script passes the stack's apiKey through the container "
-            "environment), behind the deployment's proxy that checks the key too; check "
-            "`docker inspect vllm` on the VM, then redeploy.",
+            "set, behind the deployment's proxy, which checks the key on /v1/ first: check "
+            f"{hints.vllm_logs(ep.target)}, then {hints.redeploy(ep.target)}.",
             "auth-not-enforced",
             data,
         )
@@ -264,7 +265,8 @@ def check_models(ep: Endpoint, expected: str | None) -> tuple[CheckResult, str |
     lengths = {str(m.get("id")): m.get("max_model_len") for m in models}
     data: dict[str, Any] = {"served": ids}
     if expected is not None:
-        if expected in ids:
+        # Check 2 saw /health answer 200; this is the rest of the one definition of ready.
+        if serving.is_ready(200, response.status, body, expected):
             return CheckResult(
                 number,
                 name,
@@ -277,7 +279,8 @@ def check_models(ep: Endpoint, expected: str | None) -> tuple[CheckResult, str |
         return fail(
             f"{expected} is not served; served: {', '.join(ids) or 'none'}",
             "The served name is the stack's servedModelName (`pulumi stack output model`). "
-            "If you changed the model, the VM may still run the old one: redeploy.",
+            "If you changed the model, the old one may still be served: "
+            f"{hints.redeploy(ep.target)}.",
             data,
         ), None
     if len(ids) == 1:
@@ -323,7 +326,7 @@ def check_completion(ep: Endpoint, model: str) -> CheckResult:
             Status.FAIL,
             t.elapsed,
             f"POST /v1/completions answered {response.status}: {_error_message(body)}",
-            "Check the vLLM logs on the machine (`docker logs vllm`).",
+            f"Check {hints.vllm_logs(ep.target)}.",
             "completion",
         )
     if not text.strip():
@@ -334,8 +337,8 @@ def check_completion(ep: Endpoint, model: str) -> CheckResult:
             Status.FAIL,
             t.elapsed,
             "the completion is empty",
-            "The model answered with no text. Check the vLLM logs (`docker logs vllm`): a "
-            "broken model download or tokenizer, or a max_model_len too small for any output.",
+            f"The model answered with no text. Check {hints.vllm_logs(ep.target)}: a broken "
+            "model download or tokenizer, or a max_model_len too small for any output.",
             "empty-completion",
         )
     shown = text.strip().replace("\n", " ")
@@ -455,7 +458,7 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
                         t.elapsed,
                         f"POST /v1/chat/completions answered {response.status_code}: "
                         f"{_error_message(body)}",
-                        "Check the vLLM logs on the machine (`docker logs vllm`).",
+                        f"Check {hints.vllm_logs(ep.target)}.",
                         "stream",
                     )
                 content_type = response.headers.get("Content-Type", "")
@@ -492,12 +495,15 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
             "The stream stayed open without finishing. vLLM ends every stream with "
             "data: [DONE] once the answer (here at most "
             f"{CHAT_MAX_TOKENS} tokens) is complete, so a stream that only keeps the "
-            "connection alive is stuck: check `docker logs vllm` and the proxy in front of it. "
+            f"connection alive is stuck: check {hints.vllm_logs(ep.target)}. "
             "If the model is merely slow (the first request after a start can be), retry with "
             "a larger --timeout.",
         )
     elif stats.error is not None:
-        problem = (f"the stream reported an error: {stats.error}", "Check `docker logs vllm`.")
+        problem = (
+            f"the stream reported an error: {stats.error}",
+            f"Check {hints.vllm_logs(ep.target)}.",
+        )
     elif "text/event-stream" not in content_type:
         problem = (
             f"answered {content_type or 'no content type'}, not text/event-stream",
@@ -512,7 +518,7 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
     elif stats.tokens == 0:
         problem = (
             f"the stream carried no text ({summary})",
-            "The model answered with no text; check `docker logs vllm`.",
+            f"The model answered with no text; check {hints.vllm_logs(ep.target)}.",
         )
     if problem is not None:
         return CheckResult(

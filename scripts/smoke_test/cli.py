@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
@@ -170,6 +171,7 @@ def parse_options(
         raise UsageError("--timeout must be a positive number of seconds")
 
     stack_info: dict[str, Any] | None = None
+    stack_ca: str | None = None
     url = args.target
     key = args.api_key
     model = args.model
@@ -181,6 +183,7 @@ def parse_options(
         key = key or chosen.api_key
         model = model or chosen.model
         stack_info = {"name": args.stack, "index": chosen.index, "count": chosen.count}
+        stack_ca = chosen.ca_cert
     target = parse_target(url, args.port)
     key = key or deps.env.get(KEY_ENV)
     if not key:
@@ -202,6 +205,8 @@ def parse_options(
         if not Path(args.ca_file).is_file():
             raise UsageError(f"--ca-file {args.ca_file}: no such file")
         verify = args.ca_file
+    elif stack_ca is not None and target.scheme == "https":
+        verify = _ca_file(stack_ca)  # the stack's own CA, as --ca-file would give it
     return Options(
         target=target,
         api_key=key,
@@ -310,3 +315,11 @@ def main(argv: Sequence[str] | None = None, deps: Deps | None = None) -> int:
         sys.stdout.write(report.render(options.as_json))
         sys.stdout.flush()
         return report.exit_code
+
+
+def _ca_file(pem: str) -> str:
+    """The stack's CA certificate (public) in a file, for requests' `verify`."""
+    fd, path = tempfile.mkstemp(prefix="llm-endpoint-ca-", suffix=".pem")
+    with os.fdopen(fd, "w") as f:
+        f.write(pem)
+    return path

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import requests
 
+from scripts.smoke_test import hints
 from scripts.smoke_test.results import CheckResult, Status
 from scripts.smoke_test.target import Target
 from scripts.smoke_test.transport import Failure, Resolver, classify, dns_failure
@@ -152,12 +153,12 @@ def _result(
     if status in STARTING_STATUSES:
         hint = (
             "The proxy is up but vLLM is not ready yet: it is still pulling the image or "
-            "loading the model (10-20 min on a fresh VM). "
+            "loading the model (10-20 min on a first start). "
             + (
                 "Run again with --wait 1200 to keep trying."
                 if wait_s <= 0
-                else f"It did not become ready within --wait {wait_s:g}s; check the VM's "
-                "serial console or `docker logs vllm` on it."
+                else f"It did not become ready within --wait {wait_s:g}s; check "
+                f"{hints.vllm_logs(target)}."
             )
         )
         health = CheckResult(

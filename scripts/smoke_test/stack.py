@@ -37,6 +37,9 @@ class StackEndpoint:
     model: str | None
     index: int
     count: int
+    # The stack's CA (output `ca_cert`), for the GCP VM's endpoint: its TLS certificate is
+    # signed by it. None for RunPod's (publicly trusted) proxy URLs.
+    ca_cert: str | None = None
 
 
 def read_outputs(stack: str, env: Mapping[str, str]) -> dict[str, Any]:
@@ -98,10 +101,13 @@ def select_endpoint(outputs: Mapping[str, Any], stack: str, index: int) -> Stack
         )
     key = outputs.get("api_key")
     model = outputs.get("model")
+    ca = outputs.get("ca_cert")
+    is_vm = candidates[index] == outputs.get("endpoint")
     return StackEndpoint(
         url=candidates[index],
         api_key=key if isinstance(key, str) and key else None,
         model=model if isinstance(model, str) and model else None,
         index=index,
         count=len(candidates),
+        ca_cert=ca if is_vm and isinstance(ca, str) and ca else None,
     )

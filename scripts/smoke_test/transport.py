@@ -23,6 +23,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from scripts.smoke_test import hints
 from scripts.smoke_test.target import Target
 
 USER_AGENT = "llm-endpoint-smoke-test/1"
@@ -174,8 +175,8 @@ def classify(exc: BaseException, target: Target, timeout: float) -> Failure:
             f"{where} began to answer but did not finish within {timeout:g}s",
             "The server sent its answer so slowly (a trickle of bytes) that it did not complete "
             "within --timeout. A loaded or stuck server, or a proxy in between, does this: "
-            "retry with a larger --timeout, and if it persists check the proxy and `docker logs "
-            "vllm` on the machine.",
+            "retry with a larger --timeout, and if it persists check "
+            f"{hints.vllm_logs(target)}.",
         )
 
     if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
@@ -187,17 +188,28 @@ def classify(exc: BaseException, target: Target, timeout: float) -> Failure:
             FailureClass.TLS,
             f"TLS failed with {where}: {_reason(causes, ssl.SSLError)}",
             "The certificate is not trusted or does not match the name. For a self-signed "
-            "certificate or a private CA, pass --ca-file CA.pem. The GCP VM's proxy speaks plain "
-            "HTTP on port 8000: use http://, not https://.",
+            "certificate or a private CA, pass --ca-file CA.pem"
+            + (
+                ""
+                if hints.is_pod(target)
+                else ": the GCP VM's certificate is signed by the stack's own CA (`pulumi stack "
+                "output ca_cert > ca.pem`, then --ca-file ca.pem), or the stack serves plain "
+                "HTTP (gcp.tls false: use http://)"
+            )
+            + ".",
         )
     if has(ConnectionRefusedError):
         return Failure(
             FailureClass.REFUSED,
             f"connection refused by {where}",
-            f"The machine answers but nothing listens on port {target.port}. The VM may still "
-            "be booting (the proxy starts after the driver and Docker are ready: use --wait), "
-            "the port may be wrong (the GCP proxy listens on 8000), or the IP belongs to "
-            "another machine (an ephemeral IP changes when a VM stops).",
+            f"The machine answers but nothing listens on port {target.port}. "
+            + (
+                "The pod may still be starting (use --wait), or the URL is not the pod's."
+                if hints.is_pod(target)
+                else "The VM may still be booting (its agent starts the proxy after the first "
+                "boot's install: use --wait), the port may be wrong (the GCP proxy listens on "
+                "8000), or the IP belongs to another machine."
+            ),
         )
     # urllib3's NewConnectionError subclasses ConnectTimeoutError; refusals are handled above.
     if isinstance(exc, requests.exceptions.ConnectTimeout) or any(
@@ -208,9 +220,13 @@ def classify(exc: BaseException, target: Target, timeout: float) -> Failure:
         return Failure(
             FailureClass.TIMEOUT,
             f"no connection to {where} within {timeout:g}s (packets dropped)",
-            "The firewall admits only the stack's allowedSourceRanges: check that your public "
-            "IP is inside them. Otherwise the VM is stopped or still booting, or the IP is not "
-            "this deployment's (pulumi stack output ip).",
+            (
+                "RunPod's proxy did not answer: check the pod is running (RunPod console)."
+                if hints.is_pod(target)
+                else "The firewall admits only the stack's allowedSourceRanges: check that your "
+                "public IP is inside them. Otherwise the VM is stopped or still booting, or the "
+                "IP is not this deployment's (pulumi stack output ip)."
+            ),
         )
     if isinstance(exc, requests.exceptions.Timeout) or has(TimeoutError, socket.timeout):
         return Failure(

@@ -13,6 +13,8 @@ requests the upstream recorder saw for that probe (matched by the `X-Llm-Probe` 
 
 - at most one;
 - either exactly `GET /health` (raw target, no query), with or without the key,
+- or, only with the key, exactly `GET /metrics` for a client's literal `GET /metrics` (the one
+  exception, for monitoring: issue 12),
 - or, only with the key, a raw path under `/v1/` that is its own normal form (`normal_form`)
   and that, decoded, is the path nginx judged (`judged_path`, nginx's normalisation);
 
@@ -316,6 +318,10 @@ def _check(answer: Answer) -> Iterator[str]:
         yield f"reached the upstream {len(answer.reached)} times"
     for seen in answer.reached:
         if seen.method == "GET" and seen.target == "/health":
+            continue
+        if seen.method == "GET" and seen.target == "/metrics":
+            if not (probe.keyed and probe.method == "GET" and probe.target == "/metrics"):
+                yield f"reached /metrics from {probe.method} {probe.target!r}"
             continue
         if not probe.keyed:
             yield f"reached the upstream without the key as {seen.line!r}"

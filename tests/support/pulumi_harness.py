@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 
 import pulumi
 import yaml
+
+from tests.support.tls_certs import tls_mock_state
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "llm-endpoint"
@@ -52,6 +55,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["selfLinkUnique"] = f"{MOCK_LINK}/global/instanceTemplates/{args.name}?uniqueId=1"
         elif args.typ == "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager":
             state["instanceGroup"] = f"{MOCK_LINK}/regions/r/instanceGroups/{args.inputs['name']}"
+        elif args.typ == "gcp:secretmanager/secretVersion:SecretVersion":
+            # A new value is a new version (secret_data replaces the version), so a key
+            # rotation is a new version name; the same value keeps its name across runs.
+            data = json.dumps(args.inputs.get("secretData"), sort_keys=True, default=str)
+            number = int(hashlib.sha256(data.encode()).hexdigest()[:6], 16) % 1000 + 1
+            if args.name.endswith("-tls-key-version"):
+                number = 1  # the mocked TLS provider keeps its keys, like state would
+            state["name"] = f"projects/123/secrets/{args.name}/versions/{number}"
+        elif (tls := tls_mock_state(args.typ, args.name, dict(args.inputs))) is not None:
+            state = tls  # real keys and certificates, as the TLS provider makes them
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:

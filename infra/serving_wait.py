@@ -1,0 +1,185 @@
+"""`pulumi up` of a VM returns only when the VM serves what was declared, or fails saying why.
+
+A dynamic resource (`ServingWait`) whose inputs are the instance and the sha256 of its runtime
+document: created with the VM and updated whenever the document changes, it polls the VM's
+guest attributes through the Compute API (`instances.getGuestAttributes`,
+docs/facts/gcp.md "Guest attributes"), where the agent reports the document it is applying
+and its state, until the agent reports `ready` for this very document (the agent's ready is
+serving.is_ready through the proxy: /health 200 and /v1/models 200 with the key). It fails as
+soon as the agent reports `failed` or `powered-off` for it, or the instance stops, or the
+deadline passes, with the agent's reason and the tail of its serial console: the deployer
+needs the Compute API only, no route to port 8000. `gcp.waitForServing: false` leaves it out.
+
+Facts relied on (docs/facts/pulumi.md, "Dynamic providers"): the engine ignores
+`custom_timeouts` for dynamic resources, so the deadline is this code's own, tested with an
+injected clock; methods run on a pool of threads of the provider host, so no client is
+captured at pickling: a session is made per call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import google.auth
+import pulumi
+from google.auth.transport.requests import AuthorizedSession
+from pulumi import dynamic
+
+from vm_agent.runtime_doc import GUEST_NAMESPACE
+
+COMPUTE_URL = "https://compute.googleapis.com/compute/v1"
+POLL_S = 15.0
+CONSOLE_TAIL_LINES = 25
+
+
+class ServingFailed(Exception):
+    """The VM reported it cannot serve, stopped, or the deadline passed; the message says why."""
+
+
+class ComputeApi(Protocol):
+    def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]: ...
+
+
+@dataclass
+class HttpComputeApi:
+    """The Compute API with the deployer's application-default credentials (google-auth)."""
+
+    base_url: str = COMPUTE_URL
+
+    def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        credentials, _ = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/compute.readonly"]
+        )
+        with AuthorizedSession(credentials) as session:  # type: ignore[no-untyped-call]
+            response = session.get(f"{self.base_url}/{path}", params=params, timeout=30)
+        if response.status_code == 404 and "getGuestAttributes" in path:
+            return {}  # nothing written yet
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+
+@dataclass(frozen=True)
+class Target:
+    project: str
+    zone: str
+    instance: str
+    document: str  # sha256 of the runtime document
+    deadline_s: float
+
+    @property
+    def path(self) -> str:
+        return f"projects/{self.project}/zones/{self.zone}/instances/{self.instance}"
+
+
+def guest_state(api: ComputeApi, target: Target) -> dict[str, str]:
+    body = api.get_json(f"{target.path}/getGuestAttributes", {"queryPath": f"{GUEST_NAMESPACE}/"})
+    items = (body.get("queryValue") or {}).get("items") or []
+    return {str(i.get("key")): str(i.get("value", "")) for i in items if isinstance(i, dict)}
+
+
+def console_tail(api: ComputeApi, target: Target) -> str:
+    """The agent's and cloud-init's last lines from serial port 1 (never a secret: the agent
+    writes none there)."""
+    try:
+        body = api.get_json(f"{target.path}/serialPort", {"port": "1"})
+    except Exception as err:
+        return f"(serial console unreadable: {err})"
+    lines = [
+        line
+        for line in str(body.get("contents", "")).splitlines()
+        if "llm-endpoint" in line or "cloud-init" in line
+    ]
+    return "\n".join(lines[-CONSOLE_TAIL_LINES:])
+
+
+def wait_for_serving(
+    api: ComputeApi,
+    target: Target,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Polls until the agent reports ready for `target.document`; raises ServingFailed."""
+    deadline = clock() + target.deadline_s
+    state: dict[str, str] = {}
+    while True:
+        status = str(api.get_json(target.path, {}).get("status", "UNKNOWN"))
+        state = guest_state(api, target) if status == "RUNNING" else state
+        current = state.get("document") == target.document
+        if current and state.get("state") == "ready":
+            return state
+        if status in ("STOPPING", "TERMINATED", "SUSPENDED"):
+            what = f"the VM is {status} (its agent last said: {state.get('state', 'nothing')})"
+            raise _failure(api, target, what, state)
+        if current and state.get("state") in ("failed", "powered-off"):
+            raise _failure(api, target, f"the VM reports {state['state']}", state)
+        if clock() >= deadline:
+            minutes = target.deadline_s / 60
+            raise _failure(api, target, f"not serving within {minutes:.0f} minutes", state)
+        sleep(min(POLL_S, max(deadline - clock(), 0.0)))
+
+
+def _failure(api: ComputeApi, target: Target, what: str, state: dict[str, str]) -> ServingFailed:
+    reason = state.get("reason") or "no report from the VM's agent yet"
+    return ServingFailed(
+        f"{target.instance}: {what}: {reason}. Serial console (llm-endpoint lines):\n"
+        f"{console_tail(api, target)}\nSee docs/troubleshooting.md."
+    )
+
+
+def _target(props: dict[str, Any]) -> Target:
+    return Target(
+        props["project"], props["zone"], props["instance"], props["document"],
+        float(props["deadline_s"]),
+    )  # fmt: skip
+
+
+class ServingWaitProvider(dynamic.ResourceProvider):
+    """create/update wait; delete does nothing (the VM goes with its own resource)."""
+
+    def __init__(self, api: ComputeApi | None = None) -> None:
+        self.api = api
+
+    def _wait(self, props: dict[str, Any]) -> dict[str, Any]:
+        state = wait_for_serving(self.api or HttpComputeApi(), _target(props))
+        return {**props, "state": state.get("state", ""), "reason": state.get("reason", "")}
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        return dynamic.CreateResult(id_=f"{props['instance']}-serving", outs=self._wait(props))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        keys = ("project", "zone", "instance", "document", "deadline_s")
+        changed = [k for k in keys if olds.get(k) != news.get(k)]
+        return dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        return dynamic.UpdateResult(outs=self._wait(news))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        return None
+
+
+class ServingWait(dynamic.Resource):
+    state: pulumi.Output[str]
+    reason: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        project: pulumi.Input[str],
+        zone: pulumi.Input[str],
+        instance: pulumi.Input[str],
+        document: pulumi.Input[str],
+        deadline_s: int,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "project": project, "zone": zone, "instance": instance, "document": document,
+            "deadline_s": deadline_s, "state": None, "reason": None,
+        }  # fmt: skip
+        super().__init__(ServingWaitProvider(), name, props, opts)
