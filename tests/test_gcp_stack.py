@@ -89,13 +89,15 @@ async def test_dev_stack_declares_vm_firewall_address_account_and_secrets() -> N
         ("roles/logging.logWriter", sa_member)
     ]
     secrets = mocks.of_type(SECRET)
-    assert [s.inputs["secretId"] for s in secrets] == ["llm-dev-api-key", "llm-dev-tls-key"]
+    assert sorted(s.inputs["secretId"] for s in secrets) == ["llm-dev-api-key", "llm-dev-tls-key"]
     accessors = [r.inputs for r in mocks.of_type(SECRET_ACCESSOR)]
-    assert [(a["secretId"], a["role"], a["member"]) for a in accessors] == [
+    assert sorted((a["secretId"], a["role"], a["member"]) for a in accessors) == [
         ("llm-dev-api-key", "roles/secretmanager.secretAccessor", sa_member),
         ("llm-dev-tls-key", "roles/secretmanager.secretAccessor", sa_member),
     ]
-    api_version, tls_version = (r.inputs for r in mocks.of_type(SECRET_VERSION))
+    api_version, tls_version = (
+        r.inputs for r in sorted(mocks.of_type(SECRET_VERSION), key=lambda r: r.name)
+    )
     assert rpc.is_rpc_secret(api_version["secretData"])
     assert plain(api_version["secretData"]) == MOCK_GENERATED_KEY
     assert rpc.is_rpc_secret(tls_version["secretData"])
@@ -268,7 +270,8 @@ async def test_hf_token_and_user_key_are_secrets_kept_out_of_metadata_and_script
 
     vm = mocks.one(INSTANCE).inputs
     assert runtime_document(vm).secrets.hf_token is not None
-    tls_key = plain(mocks.of_type(SECRET_VERSION)[-1].inputs["secretData"])
+    [tls_version] = [r for r in mocks.of_type(SECRET_VERSION) if r.name.endswith("tls-key-version")]
+    tls_key = plain(tls_version.inputs["secretData"])
     for secret in (USER_KEY, HF_TOKEN, tls_key):
         assert secret not in json.dumps(vm["metadata"])
         assert secret not in everything_but_secret_versions(mocks)

@@ -264,18 +264,16 @@ def check_models(ep: Endpoint, expected: str | None) -> tuple[CheckResult, str |
     ids = [str(m.get("id")) for m in models]
     lengths = {str(m.get("id")): m.get("max_model_len") for m in models}
     data: dict[str, Any] = {"served": ids}
+    # Check 2 saw /health answer 200; with the model named, this is the rest of the one
+    # definition of ready (serving.is_ready). Without it, the one model served is the one.
+    chosen = expected if expected is not None else (ids[0] if len(ids) == 1 else None)
+    if chosen is not None and serving.is_ready(200, response.status, body, chosen):
+        passed = CheckResult(
+            number, name, title, Status.PASS, t.elapsed,
+            f"{chosen} (max_model_len {lengths[chosen]})", data=data,
+        )  # fmt: skip
+        return passed, chosen
     if expected is not None:
-        # Check 2 saw /health answer 200; this is the rest of the one definition of ready.
-        if serving.is_ready(200, response.status, body, expected):
-            return CheckResult(
-                number,
-                name,
-                title,
-                Status.PASS,
-                t.elapsed,
-                f"{expected} (max_model_len {lengths[expected]})",
-                data=data,
-            ), expected
         return fail(
             f"{expected} is not served; served: {', '.join(ids) or 'none'}",
             "The served name is the stack's servedModelName (`pulumi stack output model`). "
@@ -283,16 +281,6 @@ def check_models(ep: Endpoint, expected: str | None) -> tuple[CheckResult, str |
             f"{hints.redeploy(ep.target)}.",
             data,
         ), None
-    if len(ids) == 1:
-        return CheckResult(
-            number,
-            name,
-            title,
-            Status.PASS,
-            t.elapsed,
-            f"{ids[0]} (max_model_len {lengths[ids[0]]})",
-            data=data,
-        ), ids[0]
     return fail(
         f"{len(ids)} models served ({', '.join(ids) or 'none'}); expected exactly one",
         "Name the model to check with --model NAME (the stack's `model` output).",
@@ -465,6 +453,18 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
                 stats = _read_stream(split_lines(pieces), t.started, time.perf_counter)
         except TRANSPORT_ERRORS as err:
             return _request_failed(number, name, title, err, ep, t.elapsed)
+    data, summary = _stream_summary(stats)
+    found = _stream_problem(stats, content_type, summary, ep)
+    if found is not None:
+        (detail, hint), failure_class = found
+        return CheckResult(
+            number, name, title, Status.FAIL, t.elapsed, detail, hint, failure_class, data
+        )
+    return CheckResult(number, name, title, Status.PASS, t.elapsed, summary + ", [DONE]", data=data)
+
+
+def _stream_summary(stats: _StreamStats) -> tuple[dict[str, Any], str]:
+    """The stream's numbers for the report, and one line that says them."""
     tokens = stats.usage_tokens if stats.usage_tokens is not None else stats.tokens
     rate: float | None = None
     if (
@@ -484,13 +484,16 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
     }
     ttft = "n/a" if stats.first_token_s is None else f"{stats.first_token_s:.2f}s"
     speed = "n/a" if rate is None else f"{rate:.1f} tokens/s"
-    summary = f"{stats.events} chunks, {tokens} tokens; first token {ttft}, {speed}"
-    problem: tuple[str, str] | None = None
-    failure_class = "stream"
+    return data, f"{stats.events} chunks, {tokens} tokens; first token {ttft}, {speed}"
+
+
+def _stream_problem(
+    stats: _StreamStats, content_type: str, summary: str, ep: Endpoint
+) -> tuple[tuple[str, str], str] | None:
+    """What is wrong with a 200 stream ((detail, hint), failure class), or None."""
     if stats.timed_out:
-        failure_class = "timeout"
         kept_alive = f", then {stats.comments} keep-alive comments" if stats.comments else ""
-        problem = (
+        return (
             f"no data: [DONE] within --timeout {ep.timeout:g}s ({summary}{kept_alive})",
             "The stream stayed open without finishing. vLLM ends every stream with "
             "data: [DONE] once the answer (here at most "
@@ -498,8 +501,9 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
             f"connection alive is stuck: check {hints.vllm_logs(ep.target)}. "
             "If the model is merely slow (the first request after a start can be), retry with "
             "a larger --timeout.",
-        )
-    elif stats.error is not None:
+        ), "timeout"
+    problem: tuple[str, str] | None = None
+    if stats.error is not None:
         problem = (
             f"the stream reported an error: {stats.error}",
             f"Check {hints.vllm_logs(ep.target)}.",
@@ -520,11 +524,7 @@ def check_stream(ep: Endpoint, model: str) -> CheckResult:
             f"the stream carried no text ({summary})",
             f"The model answered with no text; check {hints.vllm_logs(ep.target)}.",
         )
-    if problem is not None:
-        return CheckResult(
-            number, name, title, Status.FAIL, t.elapsed, problem[0], problem[1], failure_class, data
-        )
-    return CheckResult(number, name, title, Status.PASS, t.elapsed, summary + ", [DONE]", data=data)
+    return None if problem is None else (problem, "stream")
 
 
 def _round(value: float | None) -> float | None:

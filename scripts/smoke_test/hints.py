@@ -37,3 +37,38 @@ def redeploy(target: Target) -> str:
         "run `pulumi up` again: it updates the VM in place and waits until its agent reports "
         "it serves the new settings"
     )
+
+
+def tls(target: Target) -> str:
+    text = (
+        "The certificate is not trusted or does not match the name. For a self-signed "
+        "certificate or a private CA, pass --ca-file CA.pem"
+    )
+    if is_pod(target):
+        return text + "."
+    return (
+        text + ": the GCP VM's certificate is signed by the stack's own CA (`pulumi stack output "
+        "ca_cert > ca.pem`, then --ca-file ca.pem, or --stack NAME, which reads it), or the "
+        "stack serves plain HTTP (gcp.tls false: use http://)."
+    )
+
+
+def refused(target: Target) -> str:
+    text = f"The machine answers but nothing listens on port {target.port}. "
+    if is_pod(target):
+        return text + "The pod may still be starting (use --wait), or the URL is not the pod's."
+    return text + (
+        "The VM may still be booting (its agent starts the proxy after the first boot's "
+        "install: use --wait), the port may be wrong (the GCP proxy listens on 8000), or the IP "
+        "belongs to another machine."
+    )
+
+
+def dropped(target: Target) -> str:
+    if is_pod(target):
+        return "RunPod's proxy did not answer: check the pod is running (RunPod console)."
+    return (
+        "The firewall admits only the stack's allowedSourceRanges: check that your public IP "
+        "is inside them. Otherwise the VM is stopped or still booting, or the IP is not this "
+        "deployment's (pulumi stack output ip)."
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -116,27 +117,7 @@ def _result(
     tried = f" after {attempts} attempts over {waited:.0f}s" if attempts > 1 else ""
     data = {"attempts": attempts, "waited_s": round(waited, 3)}
     if attempt.failure is not None:
-        failure = attempt.failure
-        hint = failure.hint
-        if failure.retryable:
-            hint += (
-                " To keep trying while the VM boots, add --wait 1200."
-                if wait_s <= 0
-                else f" It did not become reachable within --wait {wait_s:g}s."
-            )
-        reach = CheckResult(
-            1,
-            "reachability",
-            "Reachable",
-            Status.FAIL,
-            attempt.elapsed,
-            failure.summary + tried,
-            hint,
-            failure.failure_class.value,
-            data,
-        )
-        health = CheckResult(2, "health", "GET /health is 200", Status.SKIP, 0.0, "not reachable")
-        return Readiness(reach, health, False, True, waited, attempts)
+        return _unreachable(attempt.failure, attempt.elapsed, tried, data, wait_s, waited, attempts)
     reach = CheckResult(
         1,
         "reachability",
@@ -184,3 +165,35 @@ def _result(
         "unexpected-status",
     )
     return Readiness(reach, health, False, False, waited, attempts)
+
+
+def _unreachable(
+    failure: Failure,
+    elapsed: float,
+    tried: str,
+    data: dict[str, Any],
+    wait_s: float,
+    waited: float,
+    attempts: int,
+) -> Readiness:
+    """Checks 1 and 2 when no HTTP answer came: 1 fails with the transport's reason."""
+    hint = failure.hint
+    if failure.retryable:
+        hint += (
+            " To keep trying while the VM boots, add --wait 1200."
+            if wait_s <= 0
+            else f" It did not become reachable within --wait {wait_s:g}s."
+        )
+    reach = CheckResult(
+        1,
+        "reachability",
+        "Reachable",
+        Status.FAIL,
+        elapsed,
+        failure.summary + tried,
+        hint,
+        failure.failure_class.value,
+        data,
+    )
+    health = CheckResult(2, "health", "GET /health is 200", Status.SKIP, 0.0, "not reachable")
+    return Readiness(reach, health, False, True, waited, attempts)

@@ -187,29 +187,13 @@ def classify(exc: BaseException, target: Target, timeout: float) -> Failure:
         return Failure(
             FailureClass.TLS,
             f"TLS failed with {where}: {_reason(causes, ssl.SSLError)}",
-            "The certificate is not trusted or does not match the name. For a self-signed "
-            "certificate or a private CA, pass --ca-file CA.pem"
-            + (
-                ""
-                if hints.is_pod(target)
-                else ": the GCP VM's certificate is signed by the stack's own CA (`pulumi stack "
-                "output ca_cert > ca.pem`, then --ca-file ca.pem), or the stack serves plain "
-                "HTTP (gcp.tls false: use http://)"
-            )
-            + ".",
+            hints.tls(target),
         )
     if has(ConnectionRefusedError):
         return Failure(
             FailureClass.REFUSED,
             f"connection refused by {where}",
-            f"The machine answers but nothing listens on port {target.port}. "
-            + (
-                "The pod may still be starting (use --wait), or the URL is not the pod's."
-                if hints.is_pod(target)
-                else "The VM may still be booting (its agent starts the proxy after the first "
-                "boot's install: use --wait), the port may be wrong (the GCP proxy listens on "
-                "8000), or the IP belongs to another machine."
-            ),
+            hints.refused(target),
         )
     # urllib3's NewConnectionError subclasses ConnectTimeoutError; refusals are handled above.
     if isinstance(exc, requests.exceptions.ConnectTimeout) or any(
@@ -220,13 +204,7 @@ def classify(exc: BaseException, target: Target, timeout: float) -> Failure:
         return Failure(
             FailureClass.TIMEOUT,
             f"no connection to {where} within {timeout:g}s (packets dropped)",
-            (
-                "RunPod's proxy did not answer: check the pod is running (RunPod console)."
-                if hints.is_pod(target)
-                else "The firewall admits only the stack's allowedSourceRanges: check that your "
-                "public IP is inside them. Otherwise the VM is stopped or still booting, or the "
-                "IP is not this deployment's (pulumi stack output ip)."
-            ),
+            hints.dropped(target),
         )
     if isinstance(exc, requests.exceptions.Timeout) or has(TimeoutError, socket.timeout):
         return Failure(
