@@ -32,7 +32,7 @@ VERSION_FILE = PROJECT_ROOT / ".ci" / "pulumi-cli.version"
 CLI_VERSION = VERSION_FILE.read_text().strip()
 # What a copy of the program needs: the project file, the stack files, the code, the lock.
 PROGRAM_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "uv.lock")
-PROGRAM_DIRS = ("infra", "scripts", "startup")
+PROGRAM_DIRS = ("infra", "scripts", "startup", "vm_agent")
 PASSPHRASE = "real-engine-test-passphrase-not-a-secret"
 DEFAULT_TIMEOUT_S = 240.0
 
