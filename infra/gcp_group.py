@@ -60,10 +60,10 @@ class TemplateParts:
 
 @dataclass(frozen=True)
 class Group:
-    ip: pulumi.Output[str]
     group_name: pulumi.Output[str]
     plan: group_plan.GroupPlan
-    serving_replica: pulumi.Output[str]
+    # None with gcp.waitForServing: false.
+    wait: BalancerWait | None
 
 
 def declare_group(
@@ -71,19 +71,14 @@ def declare_group(
     g: GcpConfig,
     runtime: VmRuntime,
     *,
+    address: gcp.compute.Address,
     template: TemplateParts,
     opts: pulumi.ResourceOptions,
 ) -> Group:
+    """`address` is the balancer's static IP (made first: with TLS the replicas' certificate
+    names it)."""
     plan = g.plan_group()
     _warn_about_quota(g, plan)
-    address = gcp.compute.Address(
-        f"{name}-lb-ip",
-        name=names.slug(base_name(), "lb-ip"),
-        region=g.region,
-        address_type="EXTERNAL",
-        labels=stack_labels(g),
-        opts=opts,
-    )
     tmpl = _template(name, g, runtime, template, opts)
     heal = _health_check(name, "heal", g, HEAL_CHECK, opts)
     manager = _group(name, g, plan, tmpl, heal, opts)
@@ -118,19 +113,21 @@ def declare_group(
     )
     # `pulumi up` waits for a replica of this template to serve through the balancer. A dynamic
     # resource: no gcp provider, only the parent.
-    wait = BalancerWait(
-        f"{name}-serving",
-        project=g.project,
-        region=g.region,
-        group=manager.name,
-        backend=backend.name,
-        template=tmpl.self_link_unique,
-        deadline_s=plan.initial_delay_seconds,
-        opts=pulumi.ResourceOptions(parent=opts.parent, depends_on=[manager, backend, rule]),
+    wait = (
+        BalancerWait(
+            f"{name}-serving",
+            project=g.project,
+            region=g.region,
+            group=manager.name,
+            backend=backend.name,
+            template=tmpl.self_link_unique,
+            deadline_s=plan.initial_delay_seconds,
+            opts=pulumi.ResourceOptions(parent=opts.parent, depends_on=[manager, backend, rule]),
+        )
+        if g.wait_for_serving
+        else None
     )
-    return Group(
-        ip=address.address, group_name=manager.name, plan=plan, serving_replica=wait.replica
-    )
+    return Group(group_name=manager.name, plan=plan, wait=wait)
 
 
 def _template(
@@ -183,13 +180,23 @@ def _template(
 def _health_check(
     name: str, role: str, g: GcpConfig, timing: CheckTiming, opts: pulumi.ResourceOptions
 ) -> gcp.compute.RegionHealthCheck:
-    """GET /health on the proxy's port, which the proxy answers without a key."""
+    """GET /health on the proxy's port, which the proxy answers without a key; over TLS when
+    the replicas serve it (Google's checkers do not verify the certificate, docs/facts/gcp.md,
+    "Health checks", so the stack's own CA needs no trust from them)."""
+    port, path = serving.PUBLIC_PORT, "/health"
     return gcp.compute.RegionHealthCheck(
         f"{name}-{role}-check",
         name=names.slug(base_name(), role, "check"),
         region=g.region,
-        http_health_check=gcp.compute.RegionHealthCheckHttpHealthCheckArgs(
-            port=serving.PUBLIC_PORT, request_path="/health"
+        https_health_check=(
+            gcp.compute.RegionHealthCheckHttpsHealthCheckArgs(port=port, request_path=path)
+            if g.tls
+            else None
+        ),
+        http_health_check=(
+            None
+            if g.tls
+            else gcp.compute.RegionHealthCheckHttpHealthCheckArgs(port=port, request_path=path)
         ),
         check_interval_sec=timing.interval,
         timeout_sec=timing.timeout,

@@ -46,6 +46,8 @@ class GcpVllmVm(pulumi.ComponentResource):
     ip: pulumi.Output[str]
     instance_name: pulumi.Output[str]
     ca_cert_pem: pulumi.Output[str] | None = None
+    # Group mode, once `pulumi up` waited: the replica that served first through the balancer.
+    serving_replica: pulumi.Output[str] | None = None
 
     def __init__(
         self,
@@ -104,16 +106,8 @@ class GcpVllmVm(pulumi.ComponentResource):
     ) -> None:
         assert cfg.gcp is not None
         g = cfg.gcp
-        address = gcp.compute.Address(
-            f"{name}-ip",
-            name=names.slug(base_name(), "ip"),
-            region=g.region,
-            address_type="EXTERNAL",
-            labels=stack_labels(g),
-            opts=opts,
-        )
-        tls_ip = address.address if g.tls else None
-        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=tls_ip)
+        address = static_address(name, "ip", g, opts)
+        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=_tls_ip(g, address))
         instance = self._instance(name, g, tag, address, runtime, opts)
         waited: list[pulumi.Resource] = [instance]
         if g.wait_for_serving:
@@ -200,18 +194,15 @@ class GcpVllmVm(pulumi.ComponentResource):
     ) -> None:
         assert cfg.gcp is not None
         g = cfg.gcp
-        # The balancer's address is made inside the group; a certificate for it is issue 13's
-        # follow-up. Until then replicas serve plain HTTP, and preview says so.
-        if g.tls:
-            pulumi.log.warn(
-                "llm-endpoint:gcp.replicas >= 2 serves plain HTTP on port 8000 for now (TLS "
-                "is implemented for the single VM only); set gcp.tls: false to acknowledge."
-            )
-        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=None)
+        # The balancer passes packets through, so TLS ends at each replica's nginx, which
+        # presents one certificate for the balancer's address: the address comes first.
+        address = static_address(name, "lb-ip", g, opts)
+        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=_tls_ip(g, address))
         group = gcp_group.declare_group(
             name,
             g,
             runtime,
+            address=address,
             template=gcp_group.TemplateParts(
                 tag=tag,
                 labels=vm_labels(g, self.model),
@@ -231,9 +222,11 @@ class GcpVllmVm(pulumi.ComponentResource):
             description="Google's health checkers (the load balancer's and autohealing's)",
         )
         estimate = pricing.gcp_group_estimate(g.machine_type, g.shape.gpus, g.spot, g.replicas)
-        self._set_endpoint(group.ip, g, estimate, tls=False, waited=[])
+        self.ca_cert_pem = runtime.ca_cert_pem
+        waited: list[pulumi.Resource] = [group.wait] if group.wait is not None else []
+        self._set_endpoint(address.address, g, estimate, tls=g.tls, waited=waited)
         self.instance_name = group.group_name
-        self.serving_replica = group.serving_replica
+        self.serving_replica = group.wait.replica if group.wait is not None else None
 
     def _set_endpoint(
         self,
@@ -259,6 +252,25 @@ class GcpVllmVm(pulumi.ComponentResource):
         self.smoke_test_command = self.endpoint.apply(
             lambda url: smoke_test_command(url, model, wait_seconds, stack, tls)
         )
+
+
+def static_address(
+    name: str, role: str, g: GcpConfig, opts: pulumi.ResourceOptions
+) -> gcp.compute.Address:
+    """The endpoint's static external IP: the VM's (`ip`) or the balancer's (`lb-ip`)."""
+    return gcp.compute.Address(
+        f"{name}-{role}",
+        name=names.slug(base_name(), role),
+        region=g.region,
+        address_type="EXTERNAL",
+        labels=stack_labels(g),
+        opts=opts,
+    )
+
+
+def _tls_ip(g: GcpConfig, address: gcp.compute.Address) -> pulumi.Output[str] | None:
+    """The address the server certificate names; None serves plain HTTP (gcp.tls: false)."""
+    return address.address if g.tls else None
 
 
 def vm_labels(g: GcpConfig, served_model_name: str) -> dict[str, str]:

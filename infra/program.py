@@ -34,7 +34,7 @@ def run() -> dict[str, Any]:
         }
         if cfg.gcp.group_mode:
             outputs["replicas"] = vm.replicas
-            # The replica that served first through the balancer, once `pulumi up` waited.
+        if vm.serving_replica is not None:
             outputs["serving_replica"] = vm.serving_replica
         if vm.ca_cert_pem is not None:
             outputs["ca_cert"] = vm.ca_cert_pem  # public: clients pin it (--ca-file)

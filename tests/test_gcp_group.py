@@ -8,9 +8,11 @@ from typing import Any
 
 import pulumi
 import pytest
+from cryptography import x509
 
 from infra import gcp_catalog, group_plan, serving
 from infra.config import GcpConfig
+from tests.support.declared_stack import group_stack
 from tests.support.pulumi_harness import (
     MOCK_GENERATED_KEY,
     MOCK_IP,
@@ -31,6 +33,7 @@ FIREWALL = "gcp:compute/firewall:Firewall"
 INSTANCE = "gcp:compute/instance:Instance"
 CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
 IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
+ADDRESS = "gcp:compute/address:Address"
 GROUP_TYPES = {TEMPLATE, GROUP, HEALTH_CHECK, BACKEND, FORWARDING_RULE, CUSTOM_ROLE}
 
 # What the dev stack (one VM) declared before groups existed, recorded from the previous
@@ -68,20 +71,6 @@ TODAYS_DEV_STACK = sorted(
         ("pulumi-python:dynamic:Resource", "gcp-serving"),
     ]
 )
-
-
-def group_stack(**gcp: Any) -> tuple[dict[str, str], list[str]]:
-    """The dev stack as a group: the region instead of a pinned zone."""
-    config, secret_keys = stack_config(
-        # tls false: replicas serve plain HTTP for now (TLS for the balancer's IP is to come).
-        "dev",
-        {"gcp": {"replicas": 2, "region": "us-central1", "tls": False, **gcp}},
-    )
-    doc = json.loads(config["llm-endpoint:gcp"])
-    doc.pop("zone")
-    doc.pop("readyTimeoutMinutes")  # a group's default (25) instead of the dev stack's 45
-    config["llm-endpoint:gcp"] = json.dumps(doc)
-    return config, secret_keys
 
 
 def allow_rules(mocks: RecordingMocks) -> list[dict[str, Any]]:
@@ -147,9 +136,10 @@ async def test_two_replicas_declare_template_group_checks_and_balancer() -> None
         "forceUpdateOnRepair": "YES",
     }
 
-    # Both checks ask the proxy's unauthenticated /health on the public port.
+    # Both checks ask the proxy's unauthenticated /health on the public port, over TLS.
     for check in (lb_check, heal_check):
-        assert check["httpHealthCheck"] == {"port": 8000, "requestPath": "/health"}
+        assert check["httpsHealthCheck"] == {"port": 8000, "requestPath": "/health"}
+        assert "httpHealthCheck" not in check
     assert heal_check["unhealthyThreshold"] * heal_check["checkIntervalSec"] >= 60
 
     # Passthrough: EXTERNAL TCP backend service, long timeout, one forwarding rule on one IP.
@@ -170,7 +160,7 @@ async def test_two_replicas_declare_template_group_checks_and_balancer() -> None
     assert health["allows"] == [{"protocol": "tcp", "ports": ["8000"]}]
     assert all(r["targetTags"] == [tag] for r in allow_rules(mocks))
 
-    assert await value(outputs["endpoint"]) == f"http://{MOCK_IP}:8000"
+    assert await value(outputs["endpoint"]) == f"https://{MOCK_IP}:8000"
     assert await value(outputs["replicas"]) == 2
     assert await value(outputs["instance_group"]) == "llm-dev-group"
     assert await value(outputs["estimated_usd_per_hour"]) == pytest.approx(2 * 3.673)
@@ -186,6 +176,49 @@ async def test_two_replicas_declare_template_group_checks_and_balancer() -> None
     assert wait.inputs["template"].endswith("?uniqueId=1")
     assert wait.inputs["deadline_s"] == healing["initialDelaySec"]
     assert "__provider" in wait.inputs
+
+
+@stack_test
+async def test_replicas_serve_tls_with_one_certificate_for_the_balancers_address() -> None:
+    """TLS ends at each replica's nginx (the balancer passes packets through), so every replica
+    presents the stack's certificate for the balancer's IP, made before the template."""
+    outputs, mocks = await run_program(*group_stack())
+    [address] = mocks.of_type(ADDRESS)  # the balancer's; no replica has a static one
+    assert address.name == "gcp-lb-ip"
+    rule = mocks.one(FORWARDING_RULE).inputs
+    template = mocks.one(TEMPLATE).inputs
+    doc = parse(template["metadata"][RUNTIME_KEY])
+    assert doc.proxy.tls_cert_pem is not None
+    assert f"listen {serving.PUBLIC_PORT} ssl;" in doc.proxy.nginx_conf
+    assert doc.secrets.tls_key and "PRIVATE KEY" not in json.dumps(template)
+    leaf = x509.load_pem_x509_certificates(doc.proxy.tls_cert_pem.encode())[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert names == {rule["ipAddress"], "127.0.0.1"}
+    assert await value(outputs["ca_cert"]) == doc.proxy.ca_cert_pem
+    command = await value(outputs["smoke_test_command"])
+    assert f"https://{MOCK_IP}:8000" in command and "--ca-file llm-endpoint-ca.pem" in command
+
+
+@stack_test
+async def test_plain_http_replicas_and_http_checks_only_when_asked() -> None:
+    outputs, mocks = await run_program(*group_stack(tls=False))
+    doc = parse(mocks.one(TEMPLATE).inputs["metadata"][RUNTIME_KEY])
+    assert doc.proxy.tls_cert_pem is None and doc.secrets.tls_key is None
+    for check in mocks.of_type(HEALTH_CHECK):
+        assert check.inputs["httpHealthCheck"] == {"port": 8000, "requestPath": "/health"}
+        assert "httpsHealthCheck" not in check.inputs
+    assert await value(outputs["endpoint"]) == f"http://{MOCK_IP}:8000"
+    assert "ca_cert" not in outputs
+    assert "--ca-file" not in await value(outputs["smoke_test_command"])
+
+
+@stack_test
+async def test_wait_for_serving_false_declares_no_wait_in_a_group_either() -> None:
+    outputs, mocks = await run_program(*group_stack(waitForServing=False))
+    assert [r for r in mocks.resources if r.name == "gcp-serving"] == []
+    assert "serving_replica" not in outputs
+    assert await value(outputs["endpoint"]) == f"https://{MOCK_IP}:8000"
 
 
 @stack_test

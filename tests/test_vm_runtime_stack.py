@@ -12,48 +12,21 @@ from typing import Any
 import pytest
 import requests
 from cryptography import x509
-from pulumi.runtime import rpc
 
 from infra import proxy_config
+from tests.support.declared_stack import declared
+from tests.support.declared_stack import runtime as doc
 from tests.support.nginx import run_proxy
-from tests.support.pulumi_harness import MOCK_IP, run_program, stack_config, stack_test, value
+from tests.support.pulumi_harness import MOCK_IP
 from tests.support.vllm_standin import StandinConfig, run_standin
 from vm_agent import units
-from vm_agent.runtime_doc import RUNTIME_KEY, Runtime, parse
+from vm_agent.runtime_doc import RUNTIME_KEY
 
-INSTANCE = "gcp:compute/instance:Instance"
-SECRET_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"
-WAIT = "pulumi-python:dynamic:Resource"
 # docs/facts/pulumi.md ("Instance metadata"): pulumi-gcp updates these in place; the VM
 # declares nothing in metadata_startup_script, the field that replaces it.
 IN_PLACE = {"metadata", "labels"}
 KEY_A = "first-key-0123456789-abcdefghijklmnopqrstuv"
 KEY_B = "second-key-0123456789-abcdefghijklmnopqrstu"
-
-
-def declared(
-    overrides: dict[str, Any] | None = None, secrets: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """The program run once under fresh mocks: the instance's inputs, the wait's inputs, the
-    outputs, the TLS server key."""
-    found: dict[str, Any] = {}
-
-    @stack_test
-    async def body() -> None:
-        outputs, mocks = await run_program(*stack_config("dev", overrides, secrets))
-        found["vm"] = dict(mocks.one(INSTANCE).inputs)
-        found["waits"] = [dict(r.inputs) for r in mocks.of_type(WAIT)]
-        found["outputs"] = {k: await value(v) for k, v in outputs.items()}
-        for r in mocks.of_type(SECRET_VERSION):
-            if r.name.endswith("tls-key-version"):
-                found["tls_key"] = rpc.unwrap_rpc_secret(r.inputs["secretData"])
-
-    body()
-    return found
-
-
-def doc(found: dict[str, Any]) -> Runtime:
-    return parse(found["vm"]["metadata"][RUNTIME_KEY])
 
 
 def changed_inputs(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
