@@ -61,7 +61,9 @@ _env = jinja2.Environment(
 
 
 def render_bootstrap() -> str:
-    return _env.get_template("pod_bootstrap.sh.j2").render(
+    """The bootstrap as the pod gets it (whole-line comments left out, as in every text a pod
+    body carries)."""
+    text = _env.get_template("pod_bootstrap.sh.j2").render(
         conf_dir=CONF_DIR,
         state_dir=STATE_DIR,
         vllm_host=VLLM_HOST,
@@ -72,6 +74,7 @@ def render_bootstrap() -> str:
         min_nginx_minor=MIN_NGINX_MINOR,
         vllm_uid=serving.VLLM_UID,
     )
+    return without_comment_lines(text)
 
 
 def pod_proxy_config(
@@ -82,8 +85,9 @@ def pod_proxy_config(
     listen_address: str | None = None,
     upstream_port: int = VLLM_INTERNAL_PORT,
 ) -> str:
-    """The VM's proxy config with the pod's paths (tests pass their own dirs and ports)."""
-    return proxy_config.render_proxy_config(
+    """The VM's proxy config with the pod's paths (tests pass their own dirs and ports), as the
+    pod gets it: without its whole-line comments."""
+    text = proxy_config.render_proxy_config(
         listen_port=listen_port,
         listen_address=listen_address,
         upstream=f"{VLLM_HOST}:{upstream_port}",
@@ -92,6 +96,7 @@ def pod_proxy_config(
         access_log="/dev/stdout",
         error_log="stderr",
     )
+    return without_comment_lines(text)
 
 
 # How often the bootstrap restarts a vLLM that exited before it gives up and the pod exits.
@@ -99,10 +104,21 @@ VLLM_MAX_RESTARTS = 2
 STUB_NAME = "llm-endpoint-entrypoint"  # $0 of the stub when run by `sh -c`
 
 
+def without_comment_lines(text: str) -> str:
+    """`text` without its whole-line comments (shell and nginx alike): what travels in every
+    create body stays small (RunPod's limit, infra/runpod/bodies.py); the commented sources
+    are in the repository. Only whole lines go, so no `#` inside a value is touched; shellcheck
+    directives stay, so what ships is what tests/test_runpod_bootstrap.py lints."""
+
+    def is_comment(line: str) -> bool:
+        text = line.lstrip()
+        return text.startswith("#") and not text.startswith("# shellcheck ")
+
+    return "\n".join(line for line in text.splitlines() if not is_comment(line)) + "\n"
+
+
 def entrypoint_stub() -> str:
-    """The stub's text without its comment lines (it travels in every create body)."""
-    lines = (IMAGE_DIR / "entrypoint.sh").read_text().splitlines()
-    return "\n".join(line for line in lines if not line.lstrip().startswith("#")) + "\n"
+    return without_comment_lines((IMAGE_DIR / "entrypoint.sh").read_text())
 
 
 def launch_command(vllm_args: list[str], *, custom_image: bool) -> dict[str, object]:
