@@ -8,8 +8,11 @@ startup/leave_group.sh.j2) asks the Compute API to delete this VM from its group
 lowers the group's target size, so nothing recreates it. Powering off is its fallback only.
 
 - `failure` (startup failed, or still not ready when the watchdog fires): always leaves.
-- `idle` (gcp.idleStopMinutes): leaves only while the group's target size is above
-  gcp.idleMinReplicas; at the minimum it keeps serving.
+- `idle` (gcp.idleStopMinutes): leaves only if at least gcp.idleMinReplicas settled replicas
+  of the group (listManagedInstances: nothing scheduled, running) sort before it by name. The
+  lowest-named replicas never leave on idle, so replicas that go idle at the same moment, each
+  deciding alone on its own read of the list, cannot take the group below the minimum: no lock
+  is needed (docs/scale-out.md, "Rules: self-stop and the group", has what it does not cover).
 
 The VM's service account gets a custom role with just the permissions that takes, on this
 group and its instances only (an IAM condition on the resource name).
@@ -28,14 +31,16 @@ from infra import names
 from infra.config import GcpConfig
 
 LEAVE_GROUP_PATH = "/usr/local/sbin/llm-endpoint-leave-group"
-# What deleteInstances and reading the target size take (docs/facts/gcp.md, "Managed instance
-# groups"): the group's get and update, and deleting the instance itself.
+# What listManagedInstances and deleteInstances take (docs/facts/gcp.md, "Listing a group's
+# instances", "Managed instance groups"): the group's get (the list) and update (the delete),
+# and deleting the instance itself.
 LEAVE_PERMISSIONS = (
     "compute.instanceGroupManagers.get",
     "compute.instanceGroupManagers.update",
     "compute.instances.delete",
 )
-# How often a failing replica asks the API before it falls back to powering off.
+# How often a failing replica asks the API before it falls back to powering off. An idle one
+# asks once, right after reading the list its decision rests on.
 LEAVE_ATTEMPTS = 5
 LEAVE_RETRY_SECONDS = 30
 
