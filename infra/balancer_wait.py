@@ -14,7 +14,8 @@ The deadline is the group's autohealing delay (the replica's own ready deadline 
 watchdog, docs/scale-out.md), the same rule as the single VM's. Facts relied on
 (docs/facts/pulumi.md, "Dynamic providers"): the engine ignores `custom_timeouts` for dynamic
 resources, so the deadline is this code's own, tested with an injected clock; each API call is
-bounded by what is left of it; no client is captured at pickling (a session per call).
+bounded by what is left of it; no client is captured at pickling (a session per call,
+infra/compute_api.py).
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import google.auth
 import pulumi
 import requests
-from google.auth.transport.requests import AuthorizedSession
 from pulumi import dynamic
 
-COMPUTE_URL = "https://compute.googleapis.com/compute/v1"
+from infra.compute_api import CALL_TIMEOUT_S, COMPUTE_URL, HttpComputeApi
+
 POLL_S = 15.0
-CALL_TIMEOUT_S = 30.0
 
 
 class ServingFailed(Exception):
@@ -41,30 +40,6 @@ class ServingFailed(Exception):
 
 class GroupApi(Protocol):
     def post_json(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]: ...
-
-
-@dataclass
-class HttpGroupApi:
-    """The Compute API with the deployer's application-default credentials (google-auth).
-    `session` replaces the authorised session (tests point it at a loopback stand-in)."""
-
-    base_url: str = COMPUTE_URL
-    session: Callable[[], requests.Session] | None = None
-
-    def _session(self) -> requests.Session:
-        if self.session is not None:
-            return self.session()
-        credentials, _ = google.auth.default(
-            scopes=["https://www.googleapis.com/auth/cloud-platform"]
-        )
-        return AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
-
-    def post_json(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        with self._session() as session:
-            response = session.post(f"{self.base_url}/{path}", json=body, timeout=timeout_s)
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
 
 
 @dataclass(frozen=True)
@@ -157,8 +132,11 @@ def wait_until_serving(
 class BalancerWaitProvider(dynamic.ResourceProvider):
     """Waits in create and in update (a new template: a roll). Nothing to delete."""
 
+    def __init__(self, api: GroupApi | None = None) -> None:
+        self.api = api
+
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
-        replica = wait_until_serving(HttpGroupApi(), _target(props))
+        replica = wait_until_serving(self.api or HttpComputeApi(), _target(props))
         return dynamic.CreateResult(
             id_=f"{props['group']}-serving", outs={**props, "replica": replica}
         )
@@ -168,7 +146,7 @@ class BalancerWaitProvider(dynamic.ResourceProvider):
         return dynamic.DiffResult(changes=bool(keys), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        replica = wait_until_serving(HttpGroupApi(), _target(news))
+        replica = wait_until_serving(self.api or HttpComputeApi(), _target(news))
         return dynamic.UpdateResult(outs={**news, "replica": replica})
 
 

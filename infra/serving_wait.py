@@ -13,7 +13,7 @@ needs the Compute API only, no route to port 8000. `gcp.waitForServing: false` l
 Facts relied on (docs/facts/pulumi.md, "Dynamic providers"): the engine ignores
 `custom_timeouts` for dynamic resources, so the deadline is this code's own, tested with an
 injected clock; methods run on a pool of threads of the provider host, so no client is
-captured at pickling: a session is made per call.
+captured at pickling: a session is made per call (infra/compute_api.py).
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import google.auth
 import pulumi
-from google.auth.transport.requests import AuthorizedSession
+import requests
 from pulumi import dynamic
 
+from infra.compute_api import COMPUTE_READONLY_SCOPE, HttpComputeApi
 from vm_agent.runtime_doc import GUEST_NAMESPACE
 
-COMPUTE_URL = "https://compute.googleapis.com/compute/v1"
 POLL_S = 15.0
 CONSOLE_TAIL_LINES = 25
 
@@ -41,25 +40,6 @@ class ServingFailed(Exception):
 
 class ComputeApi(Protocol):
     def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]: ...
-
-
-@dataclass
-class HttpComputeApi:
-    """The Compute API with the deployer's application-default credentials (google-auth)."""
-
-    base_url: str = COMPUTE_URL
-
-    def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        credentials, _ = google.auth.default(
-            scopes=["https://www.googleapis.com/auth/compute.readonly"]
-        )
-        with AuthorizedSession(credentials) as session:  # type: ignore[no-untyped-call]
-            response = session.get(f"{self.base_url}/{path}", params=params, timeout=30)
-        if response.status_code == 404 and "getGuestAttributes" in path:
-            return {}  # nothing written yet
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
 
 
 @dataclass(frozen=True)
@@ -76,7 +56,14 @@ class Target:
 
 
 def guest_state(api: ComputeApi, target: Target) -> dict[str, str]:
-    body = api.get_json(f"{target.path}/getGuestAttributes", {"queryPath": f"{GUEST_NAMESPACE}/"})
+    try:
+        body = api.get_json(
+            f"{target.path}/getGuestAttributes", {"queryPath": f"{GUEST_NAMESPACE}/"}
+        )
+    except requests.HTTPError as err:
+        if err.response is None or err.response.status_code != 404:
+            raise
+        body = {}  # the agent has written nothing under the namespace yet
     items = (body.get("queryValue") or {}).get("items") or []
     return {str(i.get("key")): str(i.get("value", "")) for i in items if isinstance(i, dict)}
 
@@ -145,7 +132,9 @@ class ServingWaitProvider(dynamic.ResourceProvider):
         self.api = api
 
     def _wait(self, props: dict[str, Any]) -> dict[str, Any]:
-        state = wait_for_serving(self.api or HttpComputeApi(), _target(props))
+        # It only reads (instances.get, getGuestAttributes, serialPort): the read-only scope.
+        api = self.api or HttpComputeApi(scope=COMPUTE_READONLY_SCOPE)
+        state = wait_for_serving(api, _target(props))
         return {**props, "state": state.get("state", ""), "reason": state.get("reason", "")}
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:

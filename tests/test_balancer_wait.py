@@ -4,22 +4,17 @@ calls against a loopback stand-in of the two Compute API methods it reads."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import requests
 
-from infra.balancer_wait import (
-    GroupTarget,
-    HttpGroupApi,
-    ServingFailed,
-    wait_until_serving,
-)
+from infra.balancer_wait import GroupTarget, ServingFailed, wait_until_serving
+from infra.compute_api import HttpComputeApi
+from tests.support.compute_standin import ComputeStandin, compute_standin
+from tests.support.fake_clock import FakeClock
 
 LINK = "https://www.googleapis.com/compute/v1/projects/p-1/zones/us-central1-a/instances"
 NEW = (
@@ -49,19 +44,6 @@ def managed(name: str, template: str, **extra: Any) -> dict[str, Any]:
 
 
 @dataclass
-class FakeClock:
-    now: float = 1000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-@dataclass
 class FakeApi:
     """Answers from a list of rounds: (managed instances, healthy instance names)."""
 
@@ -73,7 +55,7 @@ class FakeApi:
     def post_json(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         self.calls.append((path, body, timeout_s))
         if self.stall:  # the call uses its whole timeout, then fails
-            self.clock.now += timeout_s
+            self.clock.t += timeout_s
             raise requests.Timeout("read timed out")
         instances, healthy = self.rounds[min((len(self.calls) - 1) // 2, len(self.rounds) - 1)]
         if path.endswith("/listManagedInstances"):
@@ -84,7 +66,7 @@ class FakeApi:
 
 
 def test_waits_until_a_replica_of_the_current_template_is_healthy() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     api = FakeApi(
         rounds=[
             ([managed("r-old", OLD), managed("r-new", NEW, currentAction="VERIFYING")], ["r-old"]),
@@ -93,7 +75,7 @@ def test_waits_until_a_replica_of_the_current_template_is_healthy() -> None:
         ],
         clock=clock,
     )
-    assert wait_until_serving(api, TARGET, clock=clock, sleep=clock.sleep) == "r-new"
+    assert wait_until_serving(api, TARGET, clock=clock.now, sleep=clock.sleep) == "r-new"
     # The old template's healthy replica never counted: it took three rounds, 15 s apart.
     assert clock.sleeps == [15.0, 15.0]
     paths = [c[0] for c in api.calls[:2]]
@@ -108,7 +90,7 @@ def test_waits_until_a_replica_of_the_current_template_is_healthy() -> None:
 
 
 def test_fails_at_the_deadline_with_what_the_group_reports() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     errors = {"errors": {"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED"}]}}
     api = FakeApi(
         rounds=[([managed("r-1", NEW, instanceStatus="PROVISIONING", lastAttempt=errors)], [])],
@@ -116,67 +98,40 @@ def test_fails_at_the_deadline_with_what_the_group_reports() -> None:
     )
     target = GroupTarget(**{**TARGET.__dict__, "deadline_s": 100})
     with pytest.raises(ServingFailed) as failed:
-        wait_until_serving(api, target, clock=clock, sleep=clock.sleep)
+        wait_until_serving(api, target, clock=clock.now, sleep=clock.sleep)
     message = str(failed.value)
     assert "within 100s" in message
     assert "r-1: PROVISIONING" in message
     assert "ZONE_RESOURCE_POOL_EXHAUSTED" in message
-    assert clock.now == 1100.0  # exactly the deadline: the last sleep was cut to fit
+    assert clock.t == 1100.0  # exactly the deadline: the last sleep was cut to fit
 
 
 def test_the_deadline_holds_when_the_api_stalls() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     api = FakeApi(rounds=[([], [])], clock=clock, stall=True)
     target = GroupTarget(**{**TARGET.__dict__, "deadline_s": 70})
     with pytest.raises(ServingFailed) as failed:
-        wait_until_serving(api, target, clock=clock, sleep=clock.sleep)
+        wait_until_serving(api, target, clock=clock.now, sleep=clock.sleep)
     assert "did not answer (Timeout" in str(failed.value)
     # Every call was bounded by what was left of the deadline, so it ends on time.
-    assert clock.now <= 1070.0
+    assert clock.t <= 1070.0
     assert all(timeout <= 30.0 for _, _, timeout in api.calls)
-
-
-@dataclass
-class ComputeStandin:
-    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    port: int = 0
 
 
 @pytest.fixture
 def compute() -> Iterator[ComputeStandin]:
-    state = ComputeStandin()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-            state.requests.append((self.path, body))
-            if self.path.endswith("/listManagedInstances"):
-                answer = {"managedInstances": [managed("r-9", NEW)]}
-            else:
-                answer = {"healthStatus": [{"instance": f"{LINK}/r-9", "healthState": "HEALTHY"}]}
-            data = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state
-    server.shutdown()
+    with compute_standin({
+        "listManagedInstances": [(200, {"managedInstances": [managed("r-9", NEW)]})],
+        "getHealth": [(200, {"healthStatus": [{"instance": f"{LINK}/r-9",
+                                               "healthState": "HEALTHY"}]})],
+    }) as standin:  # fmt: skip
+        yield standin
 
 
 def test_http_calls_against_a_loopback_compute_standin(compute: ComputeStandin) -> None:
-    api = HttpGroupApi(
-        base_url=f"http://127.0.0.1:{compute.port}/compute/v1", session=requests.Session
-    )
+    api = HttpComputeApi(base_url=compute.url, session=requests.Session)
     assert wait_until_serving(api, TARGET) == "r-9"
-    assert [p for p, _ in compute.requests] == [
+    assert [r.path for r in compute.requests] == [
         "/compute/v1/projects/p-1/regions/us-central1/instanceGroupManagers/llm-dev-group/"
         "listManagedInstances",
         "/compute/v1/projects/p-1/regions/us-central1/backendServices/llm-dev-backend/getHealth",

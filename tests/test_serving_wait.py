@@ -11,22 +11,10 @@ from typing import Any
 import pytest
 
 from infra.serving_wait import ServingFailed, ServingWaitProvider, Target, wait_for_serving
+from tests.support.fake_clock import FakeClock
 
 DOC = "d" * 64
 TARGET = Target("proj", "us-central1-a", "llm-dev-vm", DOC, deadline_s=3600)
-
-
-@dataclass
-class Clock:
-    t: float = 0.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.t += s
 
 
 @dataclass
@@ -34,7 +22,7 @@ class FakeCompute:
     """Answers instances.get and getGuestAttributes from a timeline of (from_time, status,
     guest attributes); serialPort from `console`."""
 
-    clock: Clock
+    clock: FakeClock
     timeline: Sequence[tuple[float, str, dict[str, str]]]
     console: str = "llm-endpoint-agent: FAILED: vLLM failed 2 starts in a row\nother line\n"
     calls: list[str] = field(default_factory=list)
@@ -59,8 +47,10 @@ class FakeCompute:
         return {"status": status}
 
 
-def run(timeline: Sequence[tuple[float, str, dict[str, str]]]) -> tuple[Clock, FakeCompute, Any]:
-    clock = Clock()
+def run(
+    timeline: Sequence[tuple[float, str, dict[str, str]]],
+) -> tuple[FakeClock, FakeCompute, Any]:
+    clock = FakeClock()
     api = FakeCompute(clock, timeline)
     try:
         result: Any = wait_for_serving(api, TARGET, clock=clock.now, sleep=clock.sleep)
@@ -125,7 +115,7 @@ def test_provider_diff_update_and_create() -> None:
     assert same.changes is False
     moved = provider.diff("id", props, {**props, "document": "e" * 64})
     assert moved.changes is True and not moved.replaces
-    clock = Clock()
+    clock = FakeClock()
     ready = [(0, "RUNNING", {"state": "ready", "document": DOC, "reason": "serving"})]
     provider.api = FakeCompute(clock, ready)
     created = provider.create(props)

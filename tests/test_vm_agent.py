@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from infra import proxy_config, serving
+from infra import group_runtime, proxy_config, serving
 from tests.support.vm_agent_fakes import (
     FakeClock,
     FakeMetadataServer,
@@ -42,14 +42,20 @@ IMAGE = serving.VLLM_IMAGE
 def runtime(**changes: object) -> Runtime:
     vllm = VllmSpec(
         image=IMAGE,
-        args=["Qwen/Qwen2.5-7B-Instruct", "--served-model-name", "qwen", "--port", "8001"],
+        args=[
+            "Qwen/Qwen2.5-7B-Instruct",
+            "--served-model-name",
+            "qwen",
+            "--port",
+            str(serving.VLLM_INTERNAL_PORT),
+        ],
         env=serving.vllm_container_env(),
         served_model_name="qwen",
-        port=8001,
+        port=serving.VLLM_INTERNAL_PORT,
     )
     proxy = ProxySpec(
         image=proxy_config.PROXY_IMAGE,
-        port=8000,
+        port=serving.PUBLIC_PORT,
         nginx_conf="# nginx\n",
         tls_cert_pem=None,
         ca_cert_pem=None,
@@ -154,7 +160,7 @@ def test_point1_model_change_restarts_vllm_on_the_same_caches_without_pulling() 
 def test_point2_key_rotation_refuses_old_key_and_accepts_new_within_two_minutes() -> None:
     with rig() as r:
         r.turns_until("ready")
-        proxy = "https://127.0.0.1:8000/v1/models"
+        proxy = f"https://127.0.0.1:{serving.PUBLIC_PORT}/v1/models"
         assert r.host.http_get(proxy, {"Authorization": f"Bearer {OLD_KEY}"}, None, 1)[0] == 200
         changed_at = r.clock.now()
         r.publish(runtime(secrets=SecretNames(api_key=KEY_V2)))
@@ -316,11 +322,11 @@ def test_auth_include_matches_the_proxy_contract() -> None:
 
 
 def test_group_stop_command_replaces_poweroff_and_falls_back_to_it() -> None:
-    rt = runtime(stop_command=["/usr/local/sbin/llm-endpoint-leave-group"])
+    rt = runtime(stop_command=[group_runtime.LEAVE_GROUP_PATH])
     with rig([VllmBehaviour(ready_after_s=None, exit_after_s=20)], rt=rt) as r:
         r.turns_until("powered-off")
         [run] = [c for c in r.host.calls if c[0] == "run"]
-        assert run[1:3] == ("/usr/local/sbin/llm-endpoint-leave-group", "failure")
+        assert run[1:3] == (group_runtime.LEAVE_GROUP_PATH, "failure")
         assert "failed 2 starts" in run[3]
         assert not r.host.powered_off
     with rig([VllmBehaviour(ready_after_s=None, exit_after_s=20)],
@@ -339,14 +345,14 @@ def test_without_watch_after_ready_a_dead_vllm_is_left_to_the_group() -> None:
 
 
 def test_group_idle_asks_the_group_and_keeps_serving() -> None:
-    rt = runtime(stop_command=["/usr/local/sbin/llm-endpoint-leave-group"], idle_stop_minutes=30)
+    rt = runtime(stop_command=[group_runtime.LEAVE_GROUP_PATH], idle_stop_minutes=30)
     with rig(rt=rt) as r:
         r.turns_until("ready")
         started = r.clock.now()
         while not [c for c in r.host.calls if c[0] == "run"]:
             r.agent.turn()
         [run] = [c for c in r.host.calls if c[0] == "run"]
-        assert run[1:3] == ("/usr/local/sbin/llm-endpoint-leave-group", "idle")
+        assert run[1:3] == (group_runtime.LEAVE_GROUP_PATH, "idle")
         assert "served nothing for 30 minutes" in run[3]
         assert 30 * 60 <= r.clock.now() - started < 31 * 60
         assert r.agent.phase == "ready" and not r.host.powered_off

@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from infra import serving
+from vm_agent import units
 from vm_agent.host import HostError
 
 TOKEN = "fake-access-token"
@@ -314,7 +316,7 @@ class RecordingHost:
         self, url: str, headers: dict[str, str], ca_pem: str | None, timeout: float
     ) -> tuple[int | None, object]:
         self.calls.append(("http_get", url))
-        if ":8001/" in url:  # vLLM itself on loopback
+        if f":{serving.VLLM_INTERNAL_PORT}/" in url:  # vLLM itself on loopback
             if not self.vllm_ready():
                 return None, None
             return (200, self.metrics) if url.endswith("/metrics") else (200, None)
@@ -329,7 +331,7 @@ class RecordingHost:
             return 502, None
         if url.endswith("/health"):
             return 200, None
-        auth = self.files.get("/etc/llm-endpoint/proxy/proxy-auth.conf", "")
+        auth = self.files.get(f"{units.PROXY_DIR}/{units.AUTH_FILE_NAME}", "")
         key = headers.get("Authorization", "").removeprefix("Bearer ")
         escaped = "".join(c if c.isalnum() else "\\" + c for c in key)
         if not key or f"(?i:bearer) {escaped}$" not in auth:

@@ -1,0 +1,67 @@
+"""The Compute API over HTTP as `pulumi up`'s waits read it (infra/serving_wait.py,
+infra/balancer_wait.py): JSON in and out with the deployer's application-default credentials
+(google-auth), an HTTP error status raised as `requests.HTTPError`.
+
+Facts relied on (docs/facts/pulumi.md, "Dynamic providers"): the waits' providers are pickled,
+and their methods run on a pool of threads of the provider host sharing one instance, so this
+client holds no session and no credentials, only where to call and how: a session is made for
+each call and closed after it. `session` replaces the authorised session (tests point the
+client at a loopback stand-in with a plain `requests.Session`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import google.auth
+import requests
+from google.auth.transport.requests import AuthorizedSession
+
+COMPUTE_URL = "https://compute.googleapis.com/compute/v1"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+COMPUTE_READONLY_SCOPE = "https://www.googleapis.com/auth/compute.readonly"
+# A call's bound: the group's wait passes what is left of its deadline when that is less;
+# the VM's wait always uses this one.
+CALL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class HttpComputeApi:
+    """The Compute API at `base_url` with credentials for `scope`."""
+
+    base_url: str = COMPUTE_URL
+    scope: str = CLOUD_PLATFORM_SCOPE
+    session: Callable[[], requests.Session] | None = None
+
+    def get_json(
+        self, path: str, params: dict[str, str], timeout_s: float = CALL_TIMEOUT_S
+    ) -> dict[str, Any]:
+        return self._call("GET", path, timeout_s, params=params)
+
+    def post_json(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        return self._call("POST", path, timeout_s, body=body)
+
+    def _session(self) -> requests.Session:
+        if self.session is not None:
+            return self.session()
+        credentials, _ = google.auth.default(scopes=[self.scope])
+        return AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        timeout_s: float,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        with self._session() as session:
+            response = session.request(
+                method, f"{self.base_url}/{path}", params=params, json=body, timeout=timeout_s
+            )
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
