@@ -66,3 +66,23 @@ def test_a_config_error_stops_preview_with_our_message_before_any_plugin(ws: Pul
     assert not MISSING_GCP.search(preview.output), preview.output
     assert "Traceback" not in preview.output, preview.output
     assert not OUR_FRAME.search(preview.output), preview.output
+
+
+def test_group_bad_inputs_stop_preview_in_one_message_before_any_plugin(ws: PulumiWorkspace):
+    """The dev stack pins a zone and a 45-minute ready deadline; with replicas 3 and a quota of
+    2 GPUs, three things are wrong for a group, and preview names every key, value and fix at
+    once."""
+    for key, text in (("replicas", "3"), ("gpuQuota", "2")):
+        ws.run("config", "set", "--stack", "dev", "--path", f"llm-endpoint:gcp.{key}", text)
+    preview = ws.run("preview", "--stack", "dev", check=False)
+    assert preview.code != 0
+    assert "Invalid stack configuration (3 problems)" in preview.output, preview.output
+    for problem, fix in (
+        ("llm-endpoint:gcp.zone = 'us-central1-a'", "set gcp.region: us-central1"),
+        ("llm-endpoint:gcp.readyTimeoutMinutes = 45", "at most 25"),
+        ("llm-endpoint:gcp.replicas = 3", "gcp.gpuQuota is 2"),
+    ):
+        assert problem in preview.output and fix in preview.output, preview.output
+    assert not MISSING_GCP.search(preview.output), preview.output
+    assert "Traceback" not in preview.output, preview.output
+    assert not OUR_FRAME.search(preview.output), preview.output
