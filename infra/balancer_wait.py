@@ -29,7 +29,13 @@ import pulumi
 import requests
 from pulumi import dynamic
 
-from infra.compute_api import CALL_TIMEOUT_S, COMPUTE_URL, HttpComputeApi
+from infra.compute_api import (
+    CALL_TIMEOUT_S,
+    COMPUTE_URL,
+    HttpComputeApi,
+    describe,
+    worth_waiting_out,
+)
 
 POLL_S = 15.0
 
@@ -122,7 +128,15 @@ def wait_until_serving(
         try:
             replica, report = check_once(api, target, min(CALL_TIMEOUT_S, left))
         except (requests.RequestException, ValueError) as err:
-            report = f"the Compute API did not answer ({type(err).__name__}: {err})"
+            if not worth_waiting_out(err):
+                raise ServingFailed(
+                    f"the Compute API refused to show group {target.group} or backend service "
+                    f"{target.backend} in {target.region} ({describe(err)}). Check that your "
+                    "application-default credentials may read them in project "
+                    f"{target.project} (roles/compute.viewer; `gcloud auth "
+                    "application-default login`)"
+                ) from None
+            report = f"the Compute API did not answer ({describe(err)})"
             replica = None
         if replica is not None:
             return replica

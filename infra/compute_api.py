@@ -65,3 +65,17 @@ class HttpComputeApi:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
+
+
+def worth_waiting_out(err: Exception) -> bool:
+    """Whether a wait should poll again after `err` (a `requests` error or a garbled body):
+    no connection, a timeout, a garbled body, 429 or 5xx may be gone at the next poll; 401,
+    403 and 404 (credentials, permission, a name that does not exist) will not change."""
+    if isinstance(err, requests.HTTPError):
+        code = err.response.status_code if err.response is not None else None
+        return code is None or code == 429 or code >= 500
+    return True
+
+
+def describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"

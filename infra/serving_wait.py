@@ -14,6 +14,12 @@ Facts relied on (docs/facts/pulumi.md, "Dynamic providers"): the engine ignores
 `custom_timeouts` for dynamic resources, so the deadline is this code's own, tested with an
 injected clock; methods run on a pool of threads of the provider host, so no client is
 captured at pickling: a session is made per call (infra/compute_api.py).
+
+The deadline holds when the API stalls: each call is bounded by what is left of it (at least
+MIN_CALL_S), and only the serial-console read for the failure message runs past it, for at
+most DIAGNOSTIC_TIMEOUT_S. An answer worth waiting out (no connection, a timeout, 429, 5xx,
+a garbled body) is retried at the next poll and named in the message if the deadline comes;
+one that waiting cannot change (401, 403, the instance not found) fails the wait at once.
 """
 
 from __future__ import annotations
@@ -27,11 +33,19 @@ import pulumi
 import requests
 from pulumi import dynamic
 
-from infra.compute_api import COMPUTE_READONLY_SCOPE, HttpComputeApi
+from infra.compute_api import (
+    CALL_TIMEOUT_S,
+    COMPUTE_READONLY_SCOPE,
+    HttpComputeApi,
+    describe,
+    worth_waiting_out,
+)
 from vm_agent.runtime_doc import GUEST_NAMESPACE
 
 POLL_S = 15.0
 CONSOLE_TAIL_LINES = 25
+MIN_CALL_S = 1.0
+DIAGNOSTIC_TIMEOUT_S = 10.0
 
 
 class ServingFailed(Exception):
@@ -39,7 +53,9 @@ class ServingFailed(Exception):
 
 
 class ComputeApi(Protocol):
-    def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]: ...
+    def get_json(
+        self, path: str, params: dict[str, str], timeout_s: float = CALL_TIMEOUT_S
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -55,10 +71,10 @@ class Target:
         return f"projects/{self.project}/zones/{self.zone}/instances/{self.instance}"
 
 
-def guest_state(api: ComputeApi, target: Target) -> dict[str, str]:
+def guest_state(api: ComputeApi, target: Target, timeout_s: float) -> dict[str, str]:
     try:
         body = api.get_json(
-            f"{target.path}/getGuestAttributes", {"queryPath": f"{GUEST_NAMESPACE}/"}
+            f"{target.path}/getGuestAttributes", {"queryPath": f"{GUEST_NAMESPACE}/"}, timeout_s
         )
     except requests.HTTPError as err:
         if err.response is None or err.response.status_code != 404:
@@ -72,7 +88,7 @@ def console_tail(api: ComputeApi, target: Target) -> str:
     """The agent's and cloud-init's last lines from serial port 1 (never a secret: the agent
     writes none there)."""
     try:
-        body = api.get_json(f"{target.path}/serialPort", {"port": "1"})
+        body = api.get_json(f"{target.path}/serialPort", {"port": "1"}, DIAGNOSTIC_TIMEOUT_S)
     except Exception as err:
         return f"(serial console unreadable: {err})"
     lines = [
@@ -92,22 +108,50 @@ def wait_for_serving(
 ) -> dict[str, str]:
     """Polls until the agent reports ready for `target.document`; raises ServingFailed."""
     deadline = clock() + target.deadline_s
+
+    def call_timeout() -> float:
+        return max(MIN_CALL_S, min(CALL_TIMEOUT_S, deadline - clock()))
+
     state: dict[str, str] = {}
+    trouble = ""
     while True:
-        status = str(api.get_json(target.path, {}).get("status", "UNKNOWN"))
-        state = guest_state(api, target) if status == "RUNNING" else state
-        current = state.get("document") == target.document
-        if current and state.get("state") == "ready":
+        try:
+            status = str(api.get_json(target.path, {}, call_timeout()).get("status", "UNKNOWN"))
+            state = guest_state(api, target, call_timeout()) if status == "RUNNING" else state
+            trouble = ""
+        except (requests.RequestException, ValueError) as err:
+            if not worth_waiting_out(err):
+                raise _failure(api, target, _refused(target, err), state) from None
+            status, trouble = "UNKNOWN", f" (the Compute API's last answer: {describe(err)})"
+        if _verdict(api, target, status, state):
             return state
-        if status in ("STOPPING", "TERMINATED", "SUSPENDED"):
-            what = f"the VM is {status} (its agent last said: {state.get('state', 'nothing')})"
-            raise _failure(api, target, what, state)
-        if current and state.get("state") in ("failed", "powered-off"):
-            raise _failure(api, target, f"the VM reports {state['state']}", state)
         if clock() >= deadline:
             minutes = target.deadline_s / 60
-            raise _failure(api, target, f"not serving within {minutes:.0f} minutes", state)
+            what = f"not serving within {minutes:.0f} minutes{trouble}"
+            raise _failure(api, target, what, state)
         sleep(min(POLL_S, max(deadline - clock(), 0.0)))
+
+
+def _verdict(api: ComputeApi, target: Target, status: str, state: dict[str, str]) -> bool:
+    """True once the agent serves this document; raises ServingFailed when it never will."""
+    current = state.get("document") == target.document
+    if current and state.get("state") == "ready":
+        return True
+    if status in ("STOPPING", "TERMINATED", "SUSPENDED"):
+        what = f"the VM is {status} (its agent last said: {state.get('state', 'nothing')})"
+        raise _failure(api, target, what, state)
+    if current and state.get("state") in ("failed", "powered-off"):
+        raise _failure(api, target, f"the VM reports {state['state']}", state)
+    return False
+
+
+def _refused(target: Target, err: Exception) -> str:
+    return (
+        f"the Compute API refused to show instance {target.instance} in {target.zone} "
+        f"({describe(err)}). Check that it exists and that your application-default "
+        f"credentials may read it in project {target.project} (roles/compute.viewer; "
+        "`gcloud auth application-default login`)"
+    )
 
 
 def _failure(api: ComputeApi, target: Target, what: str, state: dict[str, str]) -> ServingFailed:

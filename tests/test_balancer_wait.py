@@ -136,3 +136,25 @@ def test_http_calls_against_a_loopback_compute_standin(compute: ComputeStandin) 
         "listManagedInstances",
         "/compute/v1/projects/p-1/regions/us-central1/backendServices/llm-dev-backend/getHealth",
     ]
+
+
+def test_a_passing_api_outage_is_waited_out(compute: ComputeStandin) -> None:
+    compute.answers["listManagedInstances"].insert(0, (503, {"error": {"code": 503}}))
+    api = HttpComputeApi(base_url=compute.url, session=requests.Session)
+    clock = FakeClock()
+    assert wait_until_serving(api, TARGET, clock=clock.now, sleep=clock.sleep) == "r-9"
+    assert clock.sleeps == [TARGET.poll_s]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_an_answer_waiting_cannot_change_fails_at_once(
+    compute: ComputeStandin, status: int
+) -> None:
+    compute.answers["listManagedInstances"] = [(status, {"error": {"code": status}})]
+    api = HttpComputeApi(base_url=compute.url, session=requests.Session)
+    clock = FakeClock()
+    with pytest.raises(ServingFailed) as failed:
+        wait_until_serving(api, TARGET, clock=clock.now, sleep=clock.sleep)
+    assert f"HTTPError: {status}" in str(failed.value)
+    assert "roles/compute.viewer" in str(failed.value)
+    assert clock.t == 0

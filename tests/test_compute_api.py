@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from infra.compute_api import CALL_TIMEOUT_S, HttpComputeApi
-from infra.serving_wait import Target, wait_for_serving
+from infra.serving_wait import ServingFailed, Target, wait_for_serving
 from tests.support.compute_standin import ComputeStandin, Recorded, compute_standin
 from tests.support.fake_clock import FakeClock
 
@@ -111,5 +111,7 @@ def test_only_guest_attributes_may_be_missing(compute: ComputeStandin) -> None:
     api = HttpComputeApi(base_url=compute.url, session=requests.Session)
     clock = FakeClock()
     target = Target("p-1", "us-central1-a", "llm-dev-vm", "d" * 64, deadline_s=600)
-    with pytest.raises(requests.HTTPError):
+    with pytest.raises(ServingFailed) as failed:
         wait_for_serving(api, target, clock=clock.now, sleep=clock.sleep)
+    assert "refused to show instance llm-dev-vm" in str(failed.value)
+    assert "404" in str(failed.value) and clock.t == 0  # at once, not at the deadline

@@ -9,8 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import requests
 
-from infra.serving_wait import ServingFailed, ServingWaitProvider, Target, wait_for_serving
+from infra.serving_wait import (
+    DIAGNOSTIC_TIMEOUT_S,
+    MIN_CALL_S,
+    ServingFailed,
+    ServingWaitProvider,
+    Target,
+    wait_for_serving,
+)
 from tests.support.fake_clock import FakeClock
 
 DOC = "d" * 64
@@ -26,6 +34,10 @@ class FakeCompute:
     timeline: Sequence[tuple[float, str, dict[str, str]]]
     console: str = "llm-endpoint-agent: FAILED: vLLM failed 2 starts in a row\nother line\n"
     calls: list[str] = field(default_factory=list)
+    # (clock when called, the call's timeout) for every call.
+    timeouts: list[tuple[float, float]] = field(default_factory=list)
+    # Errors the next calls raise instead of answering (a stalled call first uses its timeout).
+    errors: list[Exception] = field(default_factory=list)
 
     def _now(self) -> tuple[str, dict[str, str]]:
         current = self.timeline[0]
@@ -34,8 +46,16 @@ class FakeCompute:
                 current = entry
         return current[1], current[2]
 
-    def get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+    def get_json(
+        self, path: str, params: dict[str, str], timeout_s: float = 30.0
+    ) -> dict[str, Any]:
         self.calls.append(path.rsplit("/", 1)[-1])
+        self.timeouts.append((self.clock.t, timeout_s))
+        if self.errors and not path.endswith("/serialPort"):
+            error = self.errors.pop(0)
+            if isinstance(error, requests.Timeout):
+                self.clock.t += timeout_s
+            raise error
         status, guest = self._now()
         if path.endswith("/getGuestAttributes"):
             assert params == {"queryPath": "llm-endpoint/"}
@@ -49,9 +69,10 @@ class FakeCompute:
 
 def run(
     timeline: Sequence[tuple[float, str, dict[str, str]]],
+    errors: Sequence[Exception] = (),
 ) -> tuple[FakeClock, FakeCompute, Any]:
     clock = FakeClock()
-    api = FakeCompute(clock, timeline)
+    api = FakeCompute(clock, timeline, errors=list(errors))
     try:
         result: Any = wait_for_serving(api, TARGET, clock=clock.now, sleep=clock.sleep)
     except ServingFailed as err:
@@ -122,3 +143,41 @@ def test_provider_diff_update_and_create() -> None:
     assert created.id == "llm-dev-vm-serving" and (created.outs or {})["state"] == "ready"
     updated = provider.update("id", props, props)
     assert (updated.outs or {})["reason"] == "serving"
+
+
+def http_error(status: int) -> requests.HTTPError:
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} from the Compute API", response=response)
+
+
+READY = [(0, "RUNNING", {"state": "ready", "document": DOC, "reason": "serving"})]
+
+
+def test_answers_worth_waiting_out_are_retried_at_the_next_poll() -> None:
+    errors = [requests.ConnectionError("reset"), http_error(503), http_error(429),
+              ValueError("truncated JSON")]  # fmt: skip
+    clock, _, result = run(READY, errors)
+    assert result["state"] == "ready"
+    assert clock.sleeps == [15.0] * 4  # one poll each, then the answer
+
+
+def test_a_stalled_api_still_ends_at_the_deadline_naming_the_stall() -> None:
+    clock, api, result = run(READY, [requests.Timeout("read timed out")] * 1000)
+    assert isinstance(result, ServingFailed)
+    assert "not serving within 60 minutes" in str(result)
+    assert "the Compute API's last answer: Timeout: read timed out" in str(result)
+    # Each call used its whole timeout, and none was given more than what was left.
+    for called_at, timeout in api.timeouts[:-1]:
+        assert called_at + timeout <= TARGET.deadline_s + MIN_CALL_S
+    assert api.timeouts[-1][1] == DIAGNOSTIC_TIMEOUT_S  # the console tail for the message
+    assert clock.t <= TARGET.deadline_s + MIN_CALL_S
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_an_answer_waiting_cannot_change_fails_at_once(status: int) -> None:
+    clock, _, result = run(READY, [http_error(status)])
+    assert isinstance(result, ServingFailed)
+    assert f"{status} from the Compute API" in str(result)
+    assert "roles/compute.viewer" in str(result)
+    assert clock.t == 0
