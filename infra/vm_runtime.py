@@ -7,7 +7,10 @@ runtime document, vm_agent/runtime_doc.py), `llm-endpoint-agent` (the agent's co
 infra/agent_bundle.py), OS Login and guest attributes on. Every value is plain metadata, which
 pulumi-gcp updates in place (docs/facts/pulumi.md, "Instance metadata"); the agent on the VM
 applies a change within its watch timeout. No value in it is secret: secrets are named by
-their Secret Manager version, so a rotation is a new name in the document.
+their Secret Manager version, so on a single VM a rotation is a new name in the document. In a
+group the document goes into an instance template, which cannot change without replacing every
+replica, so there the API key is named by its `latest` alias and each replica's agent polls it
+(docs/scale-out.md, "Key rotation"): a rotation changes no template.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ from vm_agent.runtime_doc import (
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # Boot, first-boot install and pull come before the agent's own deadline starts counting.
 WATCHDOG_SLACK_S = 30 * 60
+# How often a replica re-reads the API key: a rotation reaches every replica within this plus
+# one watch tick (30 s). One access a minute per replica is far inside Secret Manager's quota.
+GROUP_KEY_POLL_S = 60
+# docs/facts/gcp.md ("Secret versions and the latest alias"): the most recently created version.
+LATEST = "latest"
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,13 @@ class VmRuntime:
 @dataclass(frozen=True)
 class GroupHooks:
     """For replicas in a managed instance group (issue 13): what the agent runs instead of
-    powering off (`failure` or `idle` and the reason are appended), and whether it restarts a
-    vLLM that died after ready (the group's autohealing replaces the machine instead)."""
+    powering off (`failure` or `idle` and the reason are appended), whether it restarts a
+    vLLM that died after ready (the group's autohealing replaces the machine instead), and how
+    often it re-reads the API key (named by its `latest` alias in a group; 0: never)."""
 
     stop_command: list[str] | None
     watch_after_ready: bool
+    secret_poll_s: int = 0
 
 
 def base_name() -> str:
@@ -74,7 +84,11 @@ def group_hooks(g: GcpConfig) -> GroupHooks | None:
     a group would recreate a VM that stopped itself), and a dead vLLM is autohealing's."""
     if not g.group_mode:
         return None
-    return GroupHooks(stop_command=[group_runtime.LEAVE_GROUP_PATH], watch_after_ready=False)
+    return GroupHooks(
+        stop_command=[group_runtime.LEAVE_GROUP_PATH],
+        watch_after_ready=False,
+        secret_poll_s=GROUP_KEY_POLL_S,
+    )
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,7 @@ def build_runtime(
         stop_on_failure=g.stop_on_failure,
         stop_command=hooks.stop_command,
         watch_after_ready=hooks.watch_after_ready,
+        secret_poll_s=hooks.secret_poll_s,
     )
 
 
@@ -163,19 +178,35 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Secret:
+    secret: gcp.secretmanager.Secret
+    version: gcp.secretmanager.SecretVersion
+    resources: list[pulumi.Resource]  # what a machine reading it depends on
+
+    def latest(self) -> pulumi.Output[str]:
+        """The `latest` alias: the same name whatever the version (a group's template)."""
+        return self.secret.name.apply(lambda secret: f"{secret}/versions/{LATEST}")
+
+
 def _secret(
     name: str, secret_id: str, value: pulumi.Input[str], member: pulumi.Output[str],
     project: str, labels: dict[str, str], opts: pulumi.ResourceOptions,
-) -> tuple[gcp.secretmanager.SecretVersion, list[pulumi.Resource]]:  # fmt: skip
+) -> _Secret:  # fmt: skip
     secret = gcp.secretmanager.Secret(
         name, secret_id=secret_id, replication={"auto": {}}, labels=labels, opts=opts
     )
-    # pulumi-gcp marks secret_data secret; wrapping again keeps it so if that changes.
+    # pulumi-gcp marks secret_data secret; wrapping again keeps it so if that changes. A new
+    # value replaces the version: explicitly the new one first, the old one deleted last, so
+    # what a machine reads (pinned or `latest`) is never missing (docs/facts/gcp.md, "Secret
+    # versions and the latest alias").
     version = gcp.secretmanager.SecretVersion(
         f"{name}-version",
         secret=secret.id,
         secret_data=pulumi.Output.secret(value),
-        opts=opts,
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(delete_before_replace=False)
+        ),
     )
     grant = gcp.secretmanager.SecretIamMember(
         f"{name}-accessor",
@@ -185,7 +216,7 @@ def _secret(
         member=member,
         opts=opts,
     )
-    return version, [version, grant]
+    return _Secret(secret, version, [version, grant])
 
 
 def declare_vm_runtime(
@@ -228,11 +259,14 @@ def declare_vm_runtime(
         values["tls-key"] = tls.server_key_pem
     versions: dict[str, pulumi.Output[str]] = {}
     for kind, value in values.items():
-        version, resources = _secret(
+        made = _secret(
             f"{name}-{kind}", names.slug(base, kind), value, member, g.project, labels, opts
         )
-        versions[kind] = version.name
-        depends += resources
+        # The machine still depends on the version (`depends`): no replica boots before one
+        # exists. Only the key is polled: a TLS key comes with its certificate, which is in the
+        # document anyway, and a new HF token (rare; only downloads use it) still rolls a group.
+        versions[kind] = made.latest() if g.group_mode and kind == "api-key" else made.version.name
+        depends += made.resources
     runtime_json = _runtime_json(cfg, g, versions, tls, group_hooks(g))
     return VmRuntime(
         metadata=runtime_json.apply(lambda text: instance_metadata(g, text)),

@@ -7,12 +7,13 @@ import json
 from typing import Any
 
 import pulumi
+import pulumi_gcp as gcp
 import pytest
 from cryptography import x509
 
 from infra import gcp_catalog, group_plan, serving
 from infra.config import GcpConfig
-from tests.support.declared_stack import group_stack
+from tests.support.declared_stack import SECRET_VERSION, declared_config, group_stack
 from tests.support.pulumi_harness import (
     MOCK_GENERATED_KEY,
     MOCK_IP,
@@ -105,7 +106,9 @@ async def test_two_replicas_declare_template_group_checks_and_balancer() -> None
     assert template["disks"][0]["boot"] is True
     assert "metadataStartupScript" not in template
     doc = parse(template["metadata"][RUNTIME_KEY])
-    assert "/secrets/gcp-api-key-version/versions/" in doc.secrets.api_key
+    # The key by its `latest` alias, polled by each replica (a rotation changes no template).
+    assert doc.secrets.api_key == "projects/example-project/secrets/llm-dev-api-key/versions/latest"
+    assert doc.secret_poll_s == 60
     assert doc.vllm.image == serving.VLLM_IMAGE
     assert doc.stop_command == ["/usr/local/sbin/llm-endpoint-leave-group"]
     assert doc.watch_after_ready is False
@@ -325,3 +328,49 @@ def test_every_group_the_config_allows_keeps_a_replica_serving_within_google_lim
                 assert 0 <= plan.initial_delay_seconds <= group_plan.MAX_INITIAL_DELAY_SECONDS
                 watchdog = g.ready_timeout_minutes * 60 + group_plan.WATCHDOG_AFTER_DEADLINE_SECONDS
                 assert plan.initial_delay_seconds > watchdog
+
+
+KEY_A = "first-key-0123456789-abcdefghijklmnopqrstuv"
+KEY_B = "second-key-0123456789-abcdefghijklmnopqrstu"
+
+
+def _group_with_key(key: str) -> dict[str, Any]:
+    config, secret_keys = group_stack()
+    config["llm-endpoint:apiKey"] = key
+    return declared_config(config, [*secret_keys, "llm-endpoint:apiKey"])
+
+
+def test_key_rotation_leaves_the_template_byte_identical_so_the_group_does_not_roll() -> None:
+    """A rotation is a new secret version; the template names the key's `latest` alias, so its
+    inputs (and the group's version, and the serving wait) stay as they were: no new template,
+    no roll. Each replica's agent picks the new value up by polling (tests/test_vm_agent.py,
+    test_replica_*). The single VM's document still changes (tests/test_vm_runtime_stack.py)."""
+    before, after = _group_with_key(KEY_A), _group_with_key(KEY_B)
+
+    def version_data(found: dict[str, Any]) -> str:
+        return json.dumps(found["inputs"][SECRET_VERSION]["gcp-api-key-version"], default=str)
+
+    assert version_data(before) != version_data(after)  # the key did change
+    for found in (before, after):
+        assert KEY_A not in json.dumps(found["vm"]) and KEY_B not in json.dumps(found["vm"])
+    assert json.dumps(before["vm"], sort_keys=True) == json.dumps(after["vm"], sort_keys=True)
+    assert before["inputs"][GROUP] == after["inputs"][GROUP]
+    assert before["waits"] == after["waits"]
+
+
+def test_the_template_still_waits_for_the_key_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The document no longer names the version, so the dependency is explicit: the first
+    replica never boots before a version exists for `latest` to resolve to."""
+    seen: list[pulumi.ResourceOptions] = []
+
+    class Recording(gcp.compute.InstanceTemplate):
+        def __init__(self, resource_name: str, *args: Any, **kwargs: Any) -> None:
+            seen.append(kwargs["opts"])
+            super().__init__(resource_name, *args, **kwargs)
+
+    monkeypatch.setattr(gcp.compute, "InstanceTemplate", Recording)
+    _group_with_key(KEY_A)
+    [opts] = seen
+    depends = opts.depends_on if isinstance(opts.depends_on, list) else []
+    names = {r.pulumi_resource_name for r in depends if isinstance(r, pulumi.Resource)}
+    assert "gcp-api-key-version" in names

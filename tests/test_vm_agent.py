@@ -4,23 +4,31 @@ loopback), a recording host that simulates the containers, and a fake clock."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+import requests
 
 from infra import group_runtime, proxy_config, serving
+from infra.vm_runtime import GROUP_KEY_POLL_S
+from tests.support.nginx import run_proxy
+from tests.support.vllm_standin import StandinConfig, run_standin
 from tests.support.vm_agent_fakes import (
     FakeClock,
     FakeMetadataServer,
     RecordingHost,
     VllmBehaviour,
+    _SecretState,
     fake_metadata_server,
     fake_secret_manager,
 )
 from vm_agent import units
-from vm_agent.agent import Agent
+from vm_agent.agent import READY_TICK_S, Agent
 from vm_agent.gce import Metadata, SecretManager
 from vm_agent.runtime_doc import (
     AGENT_KEY,
@@ -356,3 +364,136 @@ def test_group_idle_asks_the_group_and_keeps_serving() -> None:
         assert "served nothing for 30 minutes" in run[3]
         assert 30 * 60 <= r.clock.now() - started < 31 * 60
         assert r.agent.phase == "ready" and not r.host.powered_off
+
+
+# --- group mode: the key by its `latest` alias, polled (docs/scale-out.md, "Key rotation") ----
+
+KEY_LATEST = "projects/1/secrets/llm-dev-api-key/versions/latest"
+POLL_S = GROUP_KEY_POLL_S  # what a group's document sets
+MODELS_URL = f"https://127.0.0.1:{serving.PUBLIC_PORT}{serving.MODELS_PATH}"
+
+
+@contextmanager
+def replica_rig(
+    rt: Runtime | None = None, values: dict[str, str] | None = None
+) -> Iterator[tuple[Rig, _SecretState]]:
+    """`rig()` with a Secret Manager the test can change (its `values`, `refuse_first`) and, by
+    default, a replica's document: the key by its `latest` alias, polled every POLL_S."""
+    doc = rt or runtime(secrets=SecretNames(api_key=KEY_LATEST), secret_poll_s=POLL_S)
+    with rig(rt=doc) as r, fake_secret_manager(values or {KEY_LATEST: OLD_KEY}) as (url, sm):
+        r.agent.secret_source = SecretManager(Metadata(r.meta.url), url)
+        yield r, sm
+
+
+def answers(r: Rig, key: str) -> int | None:
+    return r.host.http_get(MODELS_URL, {"Authorization": f"Bearer {key}"}, None, 1)[0]
+
+
+def reloads(r: Rig) -> int:
+    return r.host.calls.count(("reload", units.PROXY_UNIT))
+
+
+def test_replica_applies_a_rotated_key_within_one_poll_as_a_reload_not_a_restart() -> None:
+    with replica_rig() as (r, sm):
+        r.turns_until("ready")
+        document, before = r.meta.guest("document"), reloads(r)
+        assert answers(r, OLD_KEY) == 200
+        sm.values[KEY_LATEST] = NEW_KEY  # `pulumi up` made a new version; the document is as it was
+        rotated_at = r.clock.now()
+        while answers(r, NEW_KEY) != 200 and r.clock.now() - rotated_at <= POLL_S + READY_TICK_S:
+            r.agent.turn()
+        assert answers(r, NEW_KEY) == 200 and answers(r, OLD_KEY) == 401
+        assert r.clock.now() - rotated_at <= POLL_S + READY_TICK_S  # a poll, plus one watch tick
+        assert reloads(r) == before + 1
+        assert r.vllm_starts() == 1 and r.agent.phase == "ready"
+        assert r.meta.guest("document") == document
+        assert r.host.modes[f"{units.PROXY_DIR}/{units.AUTH_FILE_NAME}"][0] == 0o600
+        assert any("API key changed" in line for line in r.host.console_lines)
+        # The same value at later polls: read, nothing rewritten or reloaded.
+        reads = sm.accessed.count(KEY_LATEST)
+        for _ in range(12):
+            r.agent.turn()
+        assert sm.accessed.count(KEY_LATEST) > reads and reloads(r) == before + 1
+        public = [*r.meta.state.guest.values(), *r.host.console_lines, *r.host.units.values()]
+        assert not [text for text in public if OLD_KEY in text or NEW_KEY in text]
+
+
+@pytest.mark.parametrize("failure", ["refused", "missing", "not a bearer token"])
+def test_replica_keeps_its_key_when_a_poll_fails_and_retries(
+    failure: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with replica_rig() as (r, sm):
+        r.turns_until("ready")
+        before = reloads(r)
+        if failure == "refused":
+            sm.values[KEY_LATEST], sm.refuse_first = NEW_KEY, 2  # two polls answered 403
+        elif failure == "missing":
+            del sm.values[KEY_LATEST]  # 404
+        else:
+            sm.values[KEY_LATEST] = "a key with spaces"
+        started = r.clock.now()
+        while r.clock.now() - started < 2 * POLL_S:
+            r.agent.turn()
+        assert answers(r, OLD_KEY) == 200 and reloads(r) == before
+        assert r.agent.phase == "ready" and not r.host.powered_off
+        printed = capsys.readouterr().out
+        assert "API key poll" in printed and "keeping the key in use" in printed
+        assert OLD_KEY not in printed and NEW_KEY not in printed and "spaces" not in printed
+        sm.values[KEY_LATEST] = NEW_KEY  # the next poll that reads it applies it
+        while answers(r, NEW_KEY) != 200 and r.clock.now() - started < 4 * POLL_S:
+            r.agent.turn()
+        assert answers(r, NEW_KEY) == 200 and reloads(r) == before + 1
+
+
+def test_single_vm_never_polls_the_key() -> None:
+    assert runtime().secret_poll_s == 0
+    legacy = runtime().to_json().replace(',"secret_poll_s":0', "")
+    assert "secret_poll_s" not in legacy and parse(legacy).secret_poll_s == 0  # older documents
+    with replica_rig(runtime(), {KEY_V1: OLD_KEY}) as (r, sm):
+        r.turns_until("ready")
+        reads = len(sm.accessed)
+        for _ in range(40):  # 20 minutes of ready ticks
+            r.agent.turn()
+        assert len(sm.accessed) == reads == 1 and reloads(r) == 0
+
+
+def test_replica_rotation_reaches_the_real_nginx_and_vllm_keeps_its_internal_key() -> None:
+    """The same poll with Debian's nginx as the proxy (the agent's key file, a real reload by
+    SIGHUP) in front of the vLLM stand-in, which accepts only the VM-internal key."""
+    internal = "internal-" + "c" * 40
+    auth_file = f"{units.PROXY_DIR}/{units.AUTH_FILE_NAME}"
+    with (
+        run_standin(StandinConfig(api_key=internal, models=("qwen",))) as vllm,
+        run_proxy(
+            upstream=f"127.0.0.1:{vllm.port}",
+            auth_include_text=units.auth_include(OLD_KEY, internal),
+            upstream_authorization=True,
+        ) as proxy,
+        replica_rig() as (r, sm),
+    ):
+
+        def reload(unit: str) -> None:
+            (proxy.prefix / "proxy-auth.conf").write_text(r.host.files[auth_file])
+            proxy.process.send_signal(signal.SIGHUP)  # what `systemctl reload` sends nginx
+
+        def through_nginx(url: str, headers: dict[str, str], ca: str | None) -> tuple[int, object]:
+            target = re.sub(r"^https?://[^/]+", proxy.url, url)
+            got = requests.get(target, headers=headers, timeout=5)
+            is_json = got.ok and got.content and "json" in got.headers.get("Content-Type", "")
+            return got.status_code, got.json() if is_json else None
+
+        r.host.files[units.INTERNAL_KEY_FILE] = internal + "\n"
+        r.host.on_reload, r.host.proxy_probe = reload, through_nginx
+        r.turns_until("ready")  # ready judged through the real nginx, with the old key
+        sm.values[KEY_LATEST] = NEW_KEY
+        for _ in range((POLL_S + READY_TICK_S) // READY_TICK_S):
+            r.agent.turn()
+        assert reloads(r) == 1 and r.vllm_starts() == 1
+        # nginx applies a reload in its own time (new workers); give it a few real seconds.
+        deadline = time.monotonic() + 10
+        while answers(r, NEW_KEY) != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answers(r, NEW_KEY) == 200 and answers(r, OLD_KEY) == 401
+        # vLLM saw only its internal key, before and after the rotation (no restart needed).
+        keyed = [q for q in vllm.requests if q.path.startswith("/v1/")]
+        assert len(keyed) >= 2 and {q.auth for q in keyed} == {"valid"}

@@ -8,7 +8,9 @@ idleness. It reports its state as guest attributes and, for what matters, on the
 console. It powers the VM off when vLLM failed `max_failed_starts` starts in a row (2), when
 the ready deadline passes, or when idle for `idle_stop_minutes`: a GPU that bills while nothing
 serves is the failure this exists to prevent. A slow load is never a failed start: a start
-fails only when vLLM's container exits.
+fails only when vLLM's container exits. In a group, where the document names the API key's
+`latest` alias, it also re-reads the key every `secret_poll_s` on the same tick and applies a
+new value with a proxy reload (`_poll_api_key`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Agent:
     _etag: str | None = None
     _attrs: dict[str, str] = field(default_factory=dict)
     _secrets: _Secrets | None = None
+    _key_read_at: float = 0.0  # when the API key was last read (group mode polls it)
     _applied: dict[str, str] = field(default_factory=dict)
     _deadline: float = 0.0
     _started_at: float = 0.0
@@ -114,6 +117,7 @@ class Agent:
                 self._runtime_text = text
                 self._document = hashlib.sha256(text.encode()).hexdigest()
                 self.apply(text)
+            self._poll_api_key()
             self.step()
         except GiveUp as stop:
             self.give_up(str(stop))
@@ -144,6 +148,7 @@ class Agent:
         first = self.rt is None
         self.rt = rt
         self._secrets = self._fetch_secrets(rt)
+        self._key_read_at = self.clock.now()
         self._write_files(rt, self._secrets)
         self._apply_vllm(rt, self._secrets, first)
         self._apply_proxy(rt)
@@ -195,17 +200,50 @@ class Agent:
         internal = self._internal_key()
         try:
             h.write_file(units.ENV_FILE, units.env_file(rt, internal, s.hf_token), 0o600)
-            auth = units.auth_include(s.api_key, internal)
+            self._write_auth(s.api_key)
         except ValueError as err:
             raise GiveUp(f"a secret has the wrong form: {err}") from None
         proxy = units.PROXY_DIR
-        h.write_file(f"{proxy}/{units.AUTH_FILE_NAME}", auth, 0o600)
         h.write_file(f"{proxy}/{units.NGINX_CONF_NAME}", rt.proxy.nginx_conf, 0o644)
         if rt.proxy.tls_cert_pem:
             if not s.tls_key:
                 raise GiveUp("TLS is on but the runtime names no TLS key secret")
             h.write_file(f"{proxy}/{units.TLS_CERT_NAME}", rt.proxy.tls_cert_pem, 0o644)
             h.write_file(f"{proxy}/{units.TLS_KEY_NAME}", s.tls_key, 0o600)
+
+    def _write_auth(self, api_key: str) -> None:
+        """The proxy's key check (root-only: it holds the key); nginx re-reads it on a reload.
+        ValueError if the key is not a bearer token."""
+        auth = units.auth_include(api_key, self._internal_key())
+        self.host.write_file(f"{units.PROXY_DIR}/{units.AUTH_FILE_NAME}", auth, 0o600)
+
+    def _poll_api_key(self) -> None:
+        """Group mode: the document names the key's `latest` alias, so a rotation changes
+        neither the document nor the group's template (no roll). Every `secret_poll_s` the key
+        is read again and a new value applied as on one VM: key file rewritten, nginx reloaded,
+        vLLM untouched (it keeps the internal key). A failed read or reload keeps the key in use
+        and is retried at the next poll: a serving replica does not stop over a blip."""
+        rt, current = self.rt, self._secrets
+        if rt is None or current is None or not rt.secret_poll_s:
+            return
+        now = self.clock.now()
+        if self.phase not in ("starting", "ready") or now - self._key_read_at < rt.secret_poll_s:
+            return
+        self._key_read_at = now
+        try:
+            key = self.secret_source.access(rt.secrets.api_key)
+            if key == current.api_key:
+                return
+            self._write_auth(key)
+            if self.host.unit_state(units.PROXY_UNIT) in ("active", "activating"):
+                self.host.reload(units.PROXY_UNIT)
+        except (ApiError, ValueError, HostError) as err:
+            # The messages name the secret and the HTTP status or the rule broken, never a value.
+            print(f"llm-endpoint-agent: API key poll: {err}; keeping the key in use, retrying "
+                  f"in {rt.secret_poll_s}s", flush=True)  # fmt: skip
+            return
+        current.api_key = key
+        self.console(f"the API key changed ({rt.secrets.api_key}): proxy reloaded, vLLM kept")
 
     def _apply_vllm(self, rt: Runtime, s: _Secrets, first: bool) -> None:
         fingerprint = rt.vllm_fingerprint(s.hf_token)

@@ -2,8 +2,10 @@
 
 Written by the Pulumi program (infra/vm_runtime.py) and read by the agent, so both sides use
 this one schema. Nothing secret is in it: secrets are named by their Secret Manager version
-(`projects/P/secrets/S/versions/N`), and a new version (key rotation) is a new name, which
-is what makes the agent fetch it again.
+(`projects/P/secrets/S/versions/N`), and on a single VM a new version (key rotation) is a new
+name, which is what makes the agent fetch it again. In a group the API key is named by its
+`latest` alias instead (a template cannot change without a roll) and `secret_poll_s` has the
+agent re-read it (docs/scale-out.md, "Key rotation").
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class Runtime:
     # Restart a vLLM that dies or hangs after ready. Off where something else replaces a dead
     # machine (a managed instance group's autohealing).
     watch_after_ready: bool = True
+    # Re-read the API key every this many seconds and reload the proxy when its value changed:
+    # in a group, where `secrets.api_key` names the `latest` alias. 0: only when the document
+    # names another version (the single VM).
+    secret_poll_s: int = 0
     schema: int = field(default=SCHEMA)
 
     def to_json(self) -> str:
