@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import requests
 
 from infra import serving
 from infra.runpod import bootstrap
-from tests.support.nginx import NGINX_BUILDS, nginx_binary
+from tests.support.nginx import NGINX_BUILDS, free_port, nginx_binary
 from tests.support.runpod_testing import ENDPOINT_KEY, SERVING
 
 IMAGE_DIR = bootstrap.IMAGE_DIR
@@ -49,12 +48,6 @@ class H(BaseHTTPRequestHandler):
         self.send_response(200); self.end_headers(); self.wfile.write(b"vllm " + self.path.encode())
 ThreadingHTTPServer((host, port), H).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shellcheck(path: Path) -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,7 @@ docs/facts/nginx.md, "Versions").
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -100,9 +101,34 @@ NGINX_BUILDS = [pytest.param(NGINX, id="nginx-machine"), _old_build()]
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 for a server the test starts afterwards (nginx, a pod's bootstrap).
+    Not one the kernel hands out for port 0: those come from its ephemeral range, which every
+    outgoing connection on the machine draws from too, so one could take the port before the
+    server binds it (seen under load: "Address already in use"). Below that range only other
+    listeners compete, and the port is picked at random among thousands."""
+    low = _ephemeral_low()
+    rng = random.Random()  # noqa: S311 (spreading test ports, not a secret)
+    for _ in range(200):
+        port = rng.randrange(_LOWEST_TEST_PORT, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {_LOWEST_TEST_PORT}-{low - 1}")
+
+
+_LOWEST_TEST_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The low end of Linux's ephemeral port range (32768 by default, and if unreadable)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _LOWEST_TEST_PORT + 1000)
 
 
 @dataclass
