@@ -32,6 +32,7 @@ from pulumi import dynamic
 from infra.compute_api import (
     CALL_TIMEOUT_S,
     COMPUTE_URL,
+    MIN_CALL_S,
     HttpComputeApi,
     describe,
     worth_waiting_out,
@@ -74,14 +75,17 @@ def _name(url: str) -> str:
     return url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
-def check_once(api: GroupApi, target: GroupTarget, timeout_s: float) -> tuple[str | None, str]:
-    """(name of a HEALTHY replica of the current template or None, what the group reports)."""
-    managed = api.post_json(f"{target.group_path}/listManagedInstances", {}, timeout_s)
+def check_once(
+    api: GroupApi, target: GroupTarget, timeout_s: Callable[[], float]
+) -> tuple[str | None, str]:
+    """(name of a HEALTHY replica of the current template or None, what the group reports).
+    `timeout_s()` bounds each call by what is then left of the deadline."""
+    managed = api.post_json(f"{target.group_path}/listManagedInstances", {}, timeout_s())
     health = api.post_json(
         f"projects/{target.project}/regions/{target.region}/backendServices/"
         f"{target.backend}/getHealth",
         {"group": target.group_url},
-        timeout_s,
+        timeout_s(),
     )
     healthy = {
         _name(h.get("instance", ""))
@@ -126,7 +130,9 @@ def wait_until_serving(
                 f"{report}. Each replica's log says why (docs/scale-out.md, 'Rules')"
             )
         try:
-            replica, report = check_once(api, target, min(CALL_TIMEOUT_S, left))
+            replica, report = check_once(
+                api, target, lambda: max(MIN_CALL_S, min(CALL_TIMEOUT_S, deadline - clock()))
+            )
         except (requests.RequestException, ValueError) as err:
             if not worth_waiting_out(err):
                 raise ServingFailed(

@@ -22,9 +22,10 @@ from google.auth.transport.requests import AuthorizedSession
 COMPUTE_URL = "https://compute.googleapis.com/compute/v1"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 COMPUTE_READONLY_SCOPE = "https://www.googleapis.com/auth/compute.readonly"
-# A call's bound: the group's wait passes what is left of its deadline when that is less;
-# the VM's wait always uses this one.
+# A call's bound; the waits pass what is left of their deadline when that is less.
 CALL_TIMEOUT_S = 30.0
+# The least a wait gives a call near its deadline (a wait may overrun it by this much).
+MIN_CALL_S = 1.0
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from pulumi import dynamic
 from infra.compute_api import (
     CALL_TIMEOUT_S,
     COMPUTE_READONLY_SCOPE,
+    MIN_CALL_S,
     HttpComputeApi,
     describe,
     worth_waiting_out,
@@ -44,7 +45,6 @@ from vm_agent.runtime_doc import GUEST_NAMESPACE
 
 POLL_S = 15.0
 CONSOLE_TAIL_LINES = 25
-MIN_CALL_S = 1.0
 DIAGNOSTIC_TIMEOUT_S = 10.0
 
 

@@ -158,3 +158,24 @@ def test_an_answer_waiting_cannot_change_fails_at_once(
     assert f"HTTPError: {status}" in str(failed.value)
     assert "roles/compute.viewer" in str(failed.value)
     assert clock.t == 0
+
+
+def test_each_call_gets_only_what_is_left_after_the_one_before() -> None:
+    """The first call of a round answers only after using most of what was left; the second
+    is bounded by the rest, so the round cannot overrun the deadline by a whole call."""
+    clock = FakeClock(0.0)
+
+    @dataclass
+    class SlowFirst(FakeApi):
+        def post_json(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+            if path.endswith("/listManagedInstances"):
+                self.clock.t += timeout_s - 0.5  # answers just in time
+            return super().post_json(path, body, timeout_s)
+
+    api = SlowFirst(rounds=[([managed("r-1", NEW)], [])], clock=clock)
+    target = GroupTarget(**{**TARGET.__dict__, "deadline_s": 20})
+    with pytest.raises(ServingFailed):
+        wait_until_serving(api, target, clock=clock.now, sleep=clock.sleep)
+    [first, second, *_] = [timeout for _, _, timeout in api.calls]
+    assert (first, second) == (20.0, 1.0)  # 0.5 s left after the first: the floor of 1 s
+    assert clock.t <= 20 + 1.0

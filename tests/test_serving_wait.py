@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import requests
 
+from infra.compute_api import MIN_CALL_S
 from infra.serving_wait import (
     DIAGNOSTIC_TIMEOUT_S,
-    MIN_CALL_S,
     ServingFailed,
     ServingWaitProvider,
     Target,
