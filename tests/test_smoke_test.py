@@ -8,12 +8,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from scripts.smoke_test.cli import Deps, main
+from tests.support.fake_clock import FakeClock
 from tests.support.vllm_standin import (
     DEFAULT_MODEL,
     PROXY_BLOCKED_PATHS,
@@ -25,33 +26,18 @@ from tests.support.vllm_standin import (
 KEY = "SMOKE-SECRET-7f3a9c21e4b8d6"
 
 
-@dataclass
-class FakeTime:
-    """A clock that moves only when the code under test sleeps."""
-
-    now: float = 1000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def no_dns(host: str, port: int) -> Any:
     raise AssertionError(f"unexpected name resolution of {host}")
 
 
 def make_deps(
     env: dict[str, str] | None = None,
-    time_: FakeTime | None = None,
+    time_: FakeClock | None = None,
     resolver: Callable[[str, int], Any] = no_dns,
 ) -> Deps:
-    t = time_ or FakeTime()
+    t = time_ or FakeClock(1000.0)
     base = {"VLLM_API_KEY": KEY, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    return Deps(env=base if env is None else env, resolver=resolver, clock=t.clock, sleep=t.sleep)
+    return Deps(env=base if env is None else env, resolver=resolver, clock=t.now, sleep=t.sleep)
 
 
 @dataclass
@@ -392,7 +378,7 @@ def test_nothing_listening(smoke):
 
 
 def test_nothing_listening_with_wait_retries_until_the_deadline(smoke):
-    t = FakeTime()
+    t = FakeClock(1000.0)
     port = _dead_port()
     run = smoke([f"http://127.0.0.1:{port}", "--wait", "20"], make_deps(time_=t))
     assert run.code == 3
@@ -418,7 +404,7 @@ def test_dns_failure_without_a_real_query(smoke):
 
 
 def test_health_503_then_ready_with_wait(smoke):
-    t = FakeTime()
+    t = FakeClock(1000.0)
     with run_standin(StandinConfig.deployed(api_key=KEY, health_unready=3)) as vllm:
         run = smoke([vllm.url, "--wait", "600"], make_deps(time_=t))
         health_calls = vllm.paths().count("/health")
@@ -440,7 +426,7 @@ def test_health_503_without_wait_is_not_ready(smoke):
 
 
 def test_health_502_never_ready_within_wait(smoke):
-    t = FakeTime()
+    t = FakeClock(1000.0)
     config = StandinConfig.deployed(api_key=KEY, health_unready=10**6, health_unready_status=502)
     with run_standin(config) as vllm:
         run = smoke([vllm.url, "--wait", "30", "--json"], make_deps(time_=t))

@@ -15,8 +15,9 @@ import pytest
 import requests
 
 from scripts.smoke_test.cli import build_parser, main
+from tests.support.fake_clock import FakeClock
 from tests.support.vllm_standin import DEFAULT_MODEL, StandinConfig, run_standin
-from tests.test_smoke_test import KEY, FakeTime, guard_dns, make_deps, smoke
+from tests.test_smoke_test import KEY, guard_dns, make_deps, smoke
 
 __all__ = ["guard_dns", "smoke"]  # fixtures shared with test_smoke_test.py
 
@@ -172,7 +173,7 @@ def test_key_never_in_output(capsys, variant, as_json, key_source):
     env = {"PATH": "/usr/bin"} | ({"VLLM_API_KEY": KEY} if key_source == "env" else {})
     with run_standin(VARIANTS[variant]) as vllm:
         argv = [vllm.url, *argv_key, "--wait", "5"] + (["--json"] if as_json else [])
-        code = main(argv, make_deps(env=env, time_=FakeTime()))
+        code = main(argv, make_deps(env=env, time_=FakeClock(1000.0)))
     captured = capsys.readouterr()
     assert code in (0, 1, 3)
     assert captured.out  # a report was printed
