@@ -30,10 +30,10 @@ import requests
 from pulumi import dynamic
 
 from infra.compute_api import (
-    CALL_TIMEOUT_S,
     COMPUTE_URL,
-    MIN_CALL_S,
     HttpComputeApi,
+    call_timeouts,
+    credentials_hint,
     describe,
     worth_waiting_out,
 )
@@ -130,17 +130,13 @@ def wait_until_serving(
                 f"{report}. Each replica's log says why (docs/scale-out.md, 'Rules')"
             )
         try:
-            replica, report = check_once(
-                api, target, lambda: max(MIN_CALL_S, min(CALL_TIMEOUT_S, deadline - clock()))
-            )
+            replica, report = check_once(api, target, call_timeouts(deadline, clock))
         except (requests.RequestException, ValueError) as err:
             if not worth_waiting_out(err):
                 raise ServingFailed(
                     f"the Compute API refused to show group {target.group} or backend service "
-                    f"{target.backend} in {target.region} ({describe(err)}). Check that your "
-                    "application-default credentials may read them in project "
-                    f"{target.project} (roles/compute.viewer; `gcloud auth "
-                    "application-default login`)"
+                    f"{target.backend} in {target.region} ({describe(err)}). Check that "
+                    + credentials_hint(target.project)
                 ) from None
             report = f"the Compute API did not answer ({describe(err)})"
             replica = None

@@ -80,3 +80,17 @@ def worth_waiting_out(err: Exception) -> bool:
 
 def describe(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
+
+
+def call_timeouts(deadline: float, clock: Callable[[], float]) -> Callable[[], float]:
+    """For a wait that ends at `deadline` on `clock`: each call's timeout, taken when the call
+    starts, is what is left then, at most CALL_TIMEOUT_S and at least MIN_CALL_S."""
+    return lambda: max(MIN_CALL_S, min(CALL_TIMEOUT_S, deadline - clock()))
+
+
+def credentials_hint(project: str) -> str:
+    """What to check when the API refuses a wait's read (401/403/404)."""
+    return (
+        f"your application-default credentials have read access in project {project} "
+        "(roles/compute.viewer; `gcloud auth application-default login`)"
+    )

@@ -36,8 +36,9 @@ from pulumi import dynamic
 from infra.compute_api import (
     CALL_TIMEOUT_S,
     COMPUTE_READONLY_SCOPE,
-    MIN_CALL_S,
     HttpComputeApi,
+    call_timeouts,
+    credentials_hint,
     describe,
     worth_waiting_out,
 )
@@ -108,10 +109,7 @@ def wait_for_serving(
 ) -> dict[str, str]:
     """Polls until the agent reports ready for `target.document`; raises ServingFailed."""
     deadline = clock() + target.deadline_s
-
-    def call_timeout() -> float:
-        return max(MIN_CALL_S, min(CALL_TIMEOUT_S, deadline - clock()))
-
+    call_timeout = call_timeouts(deadline, clock)
     state: dict[str, str] = {}
     trouble = ""
     while True:
@@ -148,9 +146,7 @@ def _verdict(api: ComputeApi, target: Target, status: str, state: dict[str, str]
 def _refused(target: Target, err: Exception) -> str:
     return (
         f"the Compute API refused to show instance {target.instance} in {target.zone} "
-        f"({describe(err)}). Check that it exists and that your application-default "
-        f"credentials may read it in project {target.project} (roles/compute.viewer; "
-        "`gcloud auth application-default login`)"
+        f"({describe(err)}). Check that it exists and that {credentials_hint(target.project)}"
     )
 
 
