@@ -83,10 +83,17 @@ class GcpVllmVm(pulumi.ComponentResource):
         declare_firewall(name, g, tag, after_apis)
         self.model = cfg.serving_for(g.shape.gpus).served_model_name
         self.replicas = g.replicas
+        # The endpoint's static IP comes before the runtime: with TLS the server certificate
+        # names it. In group mode it is the balancer's, which passes packets through, so TLS
+        # still ends at each replica's nginx, every replica presenting that one certificate.
+        address = static_address(name, "lb-ip" if g.group_mode else "ip", g, after_apis)
+        tls_ip = address.address if g.tls else None
+        runtime = declare_vm_runtime(name, cfg, api_key, opts=after_apis, tls_ip=tls_ip)
+        self.ca_cert_pem = runtime.ca_cert_pem
         if g.group_mode:
-            self._group(name, cfg, api_key, tag, after_apis)
+            self._group(name, g, tag, address, runtime, after_apis)
         else:
-            self._vm(name, cfg, api_key, tag, after_apis)
+            self._vm(name, g, tag, address, runtime, after_apis)
         self.register_outputs(
             {
                 "endpoint": self.endpoint,
@@ -99,15 +106,12 @@ class GcpVllmVm(pulumi.ComponentResource):
     def _vm(
         self,
         name: str,
-        cfg: StackConfig,
-        api_key: pulumi.Output[str],
+        g: GcpConfig,
         tag: str,
+        address: gcp.compute.Address,
+        runtime: VmRuntime,
         opts: pulumi.ResourceOptions,
     ) -> None:
-        assert cfg.gcp is not None
-        g = cfg.gcp
-        address = static_address(name, "ip", g, opts)
-        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=_tls_ip(g, address))
         instance = self._instance(name, g, tag, address, runtime, opts)
         waited: list[pulumi.Resource] = [instance]
         if g.wait_for_serving:
@@ -123,7 +127,6 @@ class GcpVllmVm(pulumi.ComponentResource):
                 )
             ]
         estimate = pricing.gcp_vm_estimate(g.machine_type, g.shape.gpus, g.spot)
-        self.ca_cert_pem = runtime.ca_cert_pem
         self._set_endpoint(address.address, g, estimate, tls=g.tls, waited=waited)
         self.instance_name = instance.name
 
@@ -187,17 +190,12 @@ class GcpVllmVm(pulumi.ComponentResource):
     def _group(
         self,
         name: str,
-        cfg: StackConfig,
-        api_key: pulumi.Output[str],
+        g: GcpConfig,
         tag: str,
+        address: gcp.compute.Address,
+        runtime: VmRuntime,
         opts: pulumi.ResourceOptions,
     ) -> None:
-        assert cfg.gcp is not None
-        g = cfg.gcp
-        # The balancer passes packets through, so TLS ends at each replica's nginx, which
-        # presents one certificate for the balancer's address: the address comes first.
-        address = static_address(name, "lb-ip", g, opts)
-        runtime = declare_vm_runtime(name, cfg, api_key, opts=opts, tls_ip=_tls_ip(g, address))
         group = gcp_group.declare_group(
             name,
             g,
@@ -222,7 +220,6 @@ class GcpVllmVm(pulumi.ComponentResource):
             description="Google's health checkers (the load balancer's and autohealing's)",
         )
         estimate = pricing.gcp_group_estimate(g.machine_type, g.shape.gpus, g.spot, g.replicas)
-        self.ca_cert_pem = runtime.ca_cert_pem
         waited: list[pulumi.Resource] = [group.wait] if group.wait is not None else []
         self._set_endpoint(address.address, g, estimate, tls=g.tls, waited=waited)
         self.instance_name = group.group_name
@@ -266,11 +263,6 @@ def static_address(
         labels=stack_labels(g),
         opts=opts,
     )
-
-
-def _tls_ip(g: GcpConfig, address: gcp.compute.Address) -> pulumi.Output[str] | None:
-    """The address the server certificate names; None serves plain HTTP (gcp.tls: false)."""
-    return address.address if g.tls else None
 
 
 def vm_labels(g: GcpConfig, served_model_name: str) -> dict[str, str]:
